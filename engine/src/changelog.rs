@@ -1,0 +1,120 @@
+//! The changelog: a compacted topic with one partition per input partition,
+//! written only by that partition's owner. `key = timer id`; a value is the
+//! timer's schedule command ("pending"), a null value a tombstone ("fired or
+//! cancelled"). Replaying a partition therefore yields exactly its pending set,
+//! and compaction keeps that replay O(pending timers).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use chime_wire::record::HEADER_FIRE_AT_MS;
+use chime_wire::TimerCommand;
+
+use crate::partition::TimerWheel;
+use crate::EngineConfig;
+
+/// Reads changelog `partitions` from the beginning to their end (the last
+/// stable offset: an earlier owner's unfinished transaction is not read) and
+/// returns each partition's pending timers as a wheel starting at `now`.
+pub fn load(
+    config: &EngineConfig,
+    partitions: &[i32],
+    now: u64,
+) -> anyhow::Result<HashMap<i32, TimerWheel>> {
+    let mut wheels: HashMap<i32, TimerWheel> = partitions
+        .iter()
+        .map(|&p| (p, TimerWheel::new(now)))
+        .collect();
+    if partitions.is_empty() {
+        return Ok(wheels);
+    }
+    let consumer: BaseConsumer = chime_wire::kafka::consumer_config(
+        &config.bootstrap,
+        &format!("{}-changelog", config.client_id()),
+        &format!("{}-changelog-reader", config.group_id),
+    )
+    .set("enable.partition.eof", "true")
+    .set("fetch.max.bytes", "52428800")
+    .set("max.partition.fetch.bytes", "10485760")
+    .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition_offset(&config.topics.changelog, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+
+    let started = Instant::now();
+    let mut at_end = 0usize;
+    let mut records = 0u64;
+    while at_end < partitions.len() {
+        if started.elapsed() > config.rebuild_timeout {
+            anyhow::bail!(
+                "changelog rebuild of partitions {partitions:?} did not reach the end within {:?}",
+                config.rebuild_timeout
+            );
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                tracing::debug!(partition = p, "changelog partition loaded");
+                at_end += 1;
+            }
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(m)) => {
+                records += 1;
+                let Some(wheel) = wheels.get_mut(&m.partition()) else {
+                    continue;
+                };
+                let Some(id) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                    tracing::warn!(offset = m.offset(), "changelog record without a UTF-8 key");
+                    continue;
+                };
+                match m.payload() {
+                    None => {
+                        wheel.cancel(&Bytes::copy_from_slice(id.as_bytes()));
+                    }
+                    Some(value) => match fire_at(&m, value) {
+                        Some(at) => {
+                            wheel.schedule(
+                                Bytes::copy_from_slice(id.as_bytes()),
+                                at,
+                                Bytes::copy_from_slice(value),
+                            );
+                        }
+                        None => tracing::warn!(offset = m.offset(), "undecodable changelog record"),
+                    },
+                }
+            }
+        }
+    }
+    let pending: usize = wheels.values().map(|w| w.len()).sum();
+    tracing::info!(
+        ?partitions,
+        records,
+        pending,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "changelog rebuilt"
+    );
+    Ok(wheels)
+}
+
+/// The due time of a pending record: from its header, else from its JSON.
+fn fire_at<M: Message>(m: &M, value: &[u8]) -> Option<u64> {
+    let from_header = m.headers().and_then(|hs| {
+        hs.iter()
+            .find(|h| h.key == HEADER_FIRE_AT_MS)
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|s| s.parse().ok())
+    });
+    from_header.or_else(|| match serde_json::from_slice::<TimerCommand>(value).ok()? {
+        TimerCommand::Schedule(spec) => Some(spec.fire_at_ms),
+        TimerCommand::Cancel { .. } => None,
+    })
+}

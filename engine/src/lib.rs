@@ -1,0 +1,74 @@
+//! The chime engine: owns partitions of `chime.timers` through the consumer
+//! group, keeps each partition's pending timers in a timing wheel, and fires
+//! due timers into `chime.fires` — effectively once, in Kafka transactions
+//! fenced against stale owners. See [`owner`] for the loop, [`changelog`] for
+//! how a partition's state survives its owner.
+
+pub mod changelog;
+pub mod group;
+mod interim_wheel;
+pub mod owner;
+pub mod partition;
+
+use std::time::Duration;
+
+use chime_wire::Topics;
+use tokio_util::sync::CancellationToken;
+
+/// Everything an engine instance needs to know.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub bootstrap: String,
+    pub topics: Topics,
+    /// Consumer group over `chime.timers`; all engines of a deployment share it.
+    pub group_id: String,
+    /// This instance's name; part of its client id and transactional id. Give a
+    /// restarted instance the same name and it fences its predecessor at once.
+    pub instance_id: String,
+    /// The longest input records wait before their transaction commits: the
+    /// batching interval that trades transactions per second for latency.
+    pub tick: Duration,
+    /// How far ahead of its due time a timer is emitted (the dispatcher holds
+    /// the fire until it is due).
+    pub lead: Duration,
+    /// Consumer-group session timeout: how soon a dead engine's partitions move.
+    pub session_timeout: Duration,
+    /// How long an abandoned transaction blocks readers before the broker aborts it.
+    pub transaction_timeout: Duration,
+    /// Longest a changelog rebuild may take before the engine gives up.
+    pub rebuild_timeout: Duration,
+}
+
+impl EngineConfig {
+    pub fn new(bootstrap: &str, topic_prefix: &str) -> Self {
+        EngineConfig {
+            bootstrap: bootstrap.to_string(),
+            topics: Topics::new(topic_prefix),
+            group_id: format!("{topic_prefix}-engine"),
+            instance_id: uuid::Uuid::new_v4().simple().to_string(),
+            tick: Duration::from_millis(10),
+            lead: Duration::ZERO,
+            session_timeout: Duration::from_secs(10),
+            transaction_timeout: Duration::from_secs(10),
+            rebuild_timeout: Duration::from_secs(300),
+        }
+    }
+
+    pub fn client_id(&self) -> String {
+        format!("chime-engine-{}", self.instance_id)
+    }
+
+    pub fn transactional_id(&self) -> String {
+        format!("{}-{}", self.group_id, self.instance_id)
+    }
+}
+
+/// Runs an engine on the calling thread until `shutdown`, then leaves the group.
+pub fn run(config: EngineConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    owner::Owner::new(config)?.run(shutdown)
+}
+
+/// Runs an engine on a blocking thread of the tokio runtime.
+pub async fn serve(config: EngineConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || run(config, shutdown)).await?
+}

@@ -1,0 +1,442 @@
+//! The owner loop: one thread per engine instance that owns some partitions of
+//! `chime.timers` and alternates two phases.
+//!
+//! 1. **Collect** (no transaction open): poll input records into an inbox for up
+//!    to one tick after the first arrives, or until the earliest timer is due.
+//!    Group membership changes surface here, inside `poll`, and are applied at
+//!    once: a revoked partition's state and inbox records are dropped; an
+//!    assigned partition is rebuilt from the changelog before any of its input
+//!    is applied.
+//! 2. **Commit** (no poll): in one Kafka transaction, apply the inbox (changelog
+//!    writes, dead letters), fire every due timer (fire record + changelog
+//!    tombstone), and send the input offsets of every partition touched with the
+//!    consumer's group metadata. A stale owner's transaction is therefore fenced
+//!    by the group coordinator (KIP-447).
+//!
+//! If a transaction fails, the in-memory state is not patched up: it is thrown
+//! away and rebuilt from the changelog and the committed offsets, exactly as on
+//! a fresh assignment, so whatever the failed transaction would have fired fires
+//! in a later one.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use chime_wire::record::{
+    lossy, DeadLetter, HEADER_FIRED_AT_MS, HEADER_FIRE_AT_MS, HEADER_LATENESS_MS,
+};
+use chime_wire::time::now_ms;
+use chime_wire::TimerCommand;
+
+use crate::changelog;
+use crate::group::{GroupContext, GroupEvent};
+use crate::interim_wheel::Expired;
+use crate::partition::PartitionState;
+use crate::EngineConfig;
+
+/// Most input records applied in one transaction.
+const MAX_INBOX: usize = 50_000;
+/// Longest a collect phase waits when nothing happens (so shutdown is noticed).
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Deadline for transactional calls and offset look-ups.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An input record copied out of the consumer, waiting for the commit phase.
+struct InputRecord {
+    partition: i32,
+    offset: i64,
+    key: Option<Bytes>,
+    value: Option<Bytes>,
+}
+
+pub struct Owner {
+    config: EngineConfig,
+    consumer: BaseConsumer<GroupContext>,
+    producer: BaseProducer,
+    partitions: HashMap<i32, PartitionState>,
+    inbox: Vec<InputRecord>,
+    expired: Vec<Expired<Bytes, Bytes>>,
+}
+
+impl Owner {
+    pub fn new(config: EngineConfig) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer<GroupContext> = chime_wire::kafka::consumer_config(
+            &config.bootstrap,
+            &config.client_id(),
+            &config.group_id,
+        )
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "session.timeout.ms",
+            config.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (config.session_timeout.as_millis() / 5).max(100).to_string(),
+        )
+        .create_with_context(GroupContext::new(&config.topics.timers))?;
+        consumer.subscribe(&[&config.topics.timers])?;
+        let producer = transactional_producer(&config)?;
+        Ok(Owner {
+            config,
+            consumer,
+            producer,
+            partitions: HashMap::new(),
+            inbox: Vec::new(),
+            expired: Vec::new(),
+        })
+    }
+
+    pub fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(
+            group = %self.config.group_id,
+            instance = %self.config.instance_id,
+            "engine started"
+        );
+        while !shutdown.is_cancelled() {
+            self.collect()?;
+            if let Err(e) = self.commit() {
+                self.recover(e)?;
+            }
+        }
+        self.leave_group();
+        Ok(())
+    }
+
+    /// Phase 1: poll input until a tick has passed since the first record, a
+    /// timer is due, or the inbox is full.
+    fn collect(&mut self) -> anyhow::Result<()> {
+        let idle_until = Instant::now() + IDLE_WAIT;
+        let mut first_record_at: Option<Instant> = None;
+        loop {
+            self.apply_group_events()?;
+            let now = Instant::now();
+            let mut until = match first_record_at {
+                Some(t) => t + self.config.tick,
+                None => idle_until,
+            };
+            if let Some(due) = self.next_due_instant(now) {
+                until = until.min(due);
+            }
+            if now >= until || self.inbox.len() >= MAX_INBOX {
+                return Ok(());
+            }
+            match self.consumer.poll(until - now) {
+                None => {}
+                Some(Ok(m)) => {
+                    first_record_at.get_or_insert_with(Instant::now);
+                    self.inbox.push(InputRecord {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(Bytes::copy_from_slice),
+                        value: m.payload().map(Bytes::copy_from_slice),
+                    });
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            }
+        }
+    }
+
+    /// When the earliest pending timer (less the lead) is due, if any.
+    fn next_due_instant(&self, now: Instant) -> Option<Instant> {
+        let earliest = self
+            .partitions
+            .values()
+            .filter_map(|p| p.wheel.next_deadline())
+            .min()?;
+        let lead = self.config.lead.as_millis() as u64;
+        let wait_ms = earliest.saturating_sub(lead).saturating_sub(now_ms());
+        Some(now + Duration::from_millis(wait_ms))
+    }
+
+    fn apply_group_events(&mut self) -> anyhow::Result<()> {
+        for event in self.consumer.context().take_events() {
+            match event {
+                GroupEvent::Revoked(parts) => {
+                    for p in &parts {
+                        self.partitions.remove(p);
+                    }
+                    self.inbox.retain(|r| !parts.contains(&r.partition));
+                }
+                GroupEvent::Assigned(parts) => self.load(&parts, false)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `parts` Live: committed input offsets first (this waits for an
+    /// earlier owner's pending transaction to finish), then the changelog to
+    /// its end. With `seek`, input consumption restarts at the committed
+    /// offsets (after a failed transaction; on a fresh assignment librdkafka
+    /// starts there itself).
+    fn load(&mut self, parts: &[i32], seek: bool) -> anyhow::Result<()> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let topic = &self.config.topics.timers;
+        let mut tpl = TopicPartitionList::new();
+        for &p in parts {
+            tpl.add_partition(topic, p);
+        }
+        let committed = self.consumer.committed_offsets(tpl, KAFKA_TIMEOUT)?;
+        let mut wheels = changelog::load(&self.config, parts, now_ms())?;
+        for &p in parts {
+            let next_offset = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => {
+                    let (low, _high) =
+                        self.consumer
+                            .fetch_watermarks(topic, p, KAFKA_TIMEOUT)?;
+                    low
+                }
+            };
+            if seek {
+                self.consumer
+                    .seek(topic, p, Offset::Offset(next_offset), KAFKA_TIMEOUT)?;
+            }
+            let wheel = wheels
+                .remove(&p)
+                .ok_or_else(|| anyhow::anyhow!("changelog load lost partition {p}"))?;
+            tracing::info!(partition = p, next_offset, pending = wheel.len(), "partition live");
+            self.partitions
+                .insert(p, PartitionState { wheel, next_offset });
+        }
+        Ok(())
+    }
+
+    /// Phase 2: one transaction with the inbox applied and every due timer fired.
+    fn commit(&mut self) -> anyhow::Result<()> {
+        let now = now_ms();
+        let mut touched = BTreeSet::new();
+        let mut txn = TxnState::Idle;
+        for rec in std::mem::take(&mut self.inbox) {
+            let Some(state) = self.partitions.get_mut(&rec.partition) else {
+                continue; // revoked while waiting in the inbox
+            };
+            if rec.offset < state.next_offset {
+                continue; // already applied before a seek back
+            }
+            txn.begin(&self.producer)?;
+            apply_input(&self.config, &self.producer, state, &rec, now)?;
+            state.next_offset = rec.offset + 1;
+            touched.insert(rec.partition);
+        }
+        let fire_until = now.saturating_add(self.config.lead.as_millis() as u64);
+        for (&p, state) in self.partitions.iter_mut() {
+            self.expired.clear();
+            state.wheel.advance(fire_until, &mut self.expired);
+            if self.expired.is_empty() {
+                continue;
+            }
+            txn.begin(&self.producer)?;
+            touched.insert(p);
+            for fire in self.expired.drain(..) {
+                emit_fire(&self.config, &self.producer, p, fire, now)?;
+            }
+        }
+        if txn == TxnState::Idle {
+            return Ok(());
+        }
+        let mut offsets = TopicPartitionList::new();
+        for p in &touched {
+            let next = self.partitions[p].next_offset;
+            offsets.add_partition_offset(&self.config.topics.timers, *p, Offset::Offset(next))?;
+        }
+        let group = self
+            .consumer
+            .group_metadata()
+            .ok_or_else(|| anyhow::anyhow!("consumer has no group metadata"))?;
+        self.producer
+            .send_offsets_to_transaction(&offsets, &group, KAFKA_TIMEOUT)?;
+        // librdkafka's flush inside commit polls in 100 ms slices that do not
+        // end early: drain deliveries first so the commit takes ~1 ms.
+        while self.producer.in_flight_count() > 0 {
+            self.producer.poll(Duration::from_millis(1));
+        }
+        self.producer.commit_transaction(KAFKA_TIMEOUT)?;
+        Ok(())
+    }
+
+    /// A transaction failed: abort it (or replace a producer that cannot), then
+    /// rebuild every owned partition from Kafka instead of guessing what the
+    /// in-memory state should be.
+    fn recover(&mut self, err: anyhow::Error) -> anyhow::Result<()> {
+        tracing::warn!(error = %err, "transaction failed; rebuilding owned partitions");
+        let fatal = matches!(err.downcast_ref::<KafkaError>(),
+            Some(KafkaError::Transaction(e)) if e.is_fatal());
+        if fatal || self.producer.abort_transaction(KAFKA_TIMEOUT).is_err() {
+            self.producer = transactional_producer(&self.config)?;
+        }
+        self.inbox.clear();
+        // Let a pending rebalance (the usual cause) surface before rebuilding.
+        if self.consumer.poll(Duration::from_millis(100)).is_some() {
+            // A record polled here is re-read after the seek below.
+        }
+        self.apply_group_events()?;
+        let owned: Vec<i32> = self.partitions.keys().copied().collect();
+        self.partitions.clear();
+        self.load(&owned, true)
+    }
+
+    fn leave_group(&mut self) {
+        self.consumer.unsubscribe();
+        // Serve the revocation so the group hands the partitions on promptly.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let _ = self.consumer.poll(Duration::from_millis(50));
+            let _ = self.apply_group_events();
+            if self.partitions.is_empty() {
+                break;
+            }
+        }
+        tracing::info!("engine left the group");
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum TxnState {
+    Idle,
+    Open,
+}
+
+impl TxnState {
+    fn begin(&mut self, producer: &BaseProducer) -> anyhow::Result<()> {
+        if *self == TxnState::Idle {
+            producer.begin_transaction()?;
+            *self = TxnState::Open;
+        }
+        Ok(())
+    }
+}
+
+fn transactional_producer(config: &EngineConfig) -> anyhow::Result<BaseProducer> {
+    let producer: BaseProducer =
+        chime_wire::kafka::producer_config(&config.bootstrap, &config.client_id())
+            .set("transactional.id", config.transactional_id())
+            .set(
+                "transaction.timeout.ms",
+                config.transaction_timeout.as_millis().to_string(),
+            )
+            .set("linger.ms", "2")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()?;
+    producer.init_transactions(KAFKA_TIMEOUT)?;
+    Ok(producer)
+}
+
+/// Applies one input record: schedule or cancel in the wheel and the
+/// changelog, or a dead letter for a record that breaks the contract.
+fn apply_input(
+    config: &EngineConfig,
+    producer: &BaseProducer,
+    state: &mut PartitionState,
+    rec: &InputRecord,
+    now: u64,
+) -> anyhow::Result<()> {
+    let changelog = &config.topics.changelog;
+    match TimerCommand::decode(rec.key.as_deref(), rec.value.as_deref()) {
+        Ok(TimerCommand::Schedule(spec)) => {
+            let (Some(key), Some(value)) = (&rec.key, &rec.value) else {
+                unreachable!("decode checked key and value");
+            };
+            state
+                .wheel
+                .schedule(key.clone(), spec.fire_at_ms, value.clone());
+            let at = spec.fire_at_ms.to_string();
+            let record = BaseRecord::to(changelog)
+                .partition(rec.partition)
+                .key(&key[..])
+                .payload(&value[..])
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: HEADER_FIRE_AT_MS,
+                    value: Some(&at),
+                }));
+            send(producer, record)
+        }
+        Ok(TimerCommand::Cancel { id }) => {
+            state.wheel.cancel(&Bytes::copy_from_slice(id.as_bytes()));
+            let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(changelog)
+                .partition(rec.partition)
+                .key(id.as_bytes());
+            send(producer, record)
+        }
+        Err(e) => {
+            tracing::warn!(partition = rec.partition, offset = rec.offset, error = %e, "dead-lettering input record");
+            let letter = DeadLetter {
+                reason: format!("undecodable timer command: {e}"),
+                source_topic: config.topics.timers.clone(),
+                partition: rec.partition,
+                offset: rec.offset,
+                key: lossy(rec.key.as_deref()),
+                value: lossy(rec.value.as_deref()),
+                attempts: None,
+                last_status: None,
+                dead_at_ms: now,
+            }
+            .encode();
+            let mut record = BaseRecord::to(&config.topics.dead_letters).payload(&letter[..]);
+            if let Some(k) = &rec.key {
+                record = record.key(&k[..]);
+            }
+            send(producer, record)
+        }
+    }
+}
+
+/// Emits one due timer: its fire record, and the changelog tombstone that
+/// stops it from being rebuilt as pending.
+fn emit_fire(
+    config: &EngineConfig,
+    producer: &BaseProducer,
+    partition: i32,
+    fire: Expired<Bytes, Bytes>,
+    now: u64,
+) -> anyhow::Result<()> {
+    let fired_at = now.to_string();
+    let lateness = now.saturating_sub(fire.deadline).to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: HEADER_FIRED_AT_MS,
+            value: Some(&fired_at),
+        })
+        .insert(Header {
+            key: HEADER_LATENESS_MS,
+            value: Some(&lateness),
+        });
+    send(
+        producer,
+        BaseRecord::to(&config.topics.fires)
+            .key(&fire.id[..])
+            .payload(&fire.payload[..])
+            .headers(headers),
+    )?;
+    let tombstone: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&config.topics.changelog)
+        .partition(partition)
+        .key(&fire.id[..]);
+    send(producer, tombstone)
+}
+
+/// Enqueues a record, waiting for room when librdkafka's queue is full.
+fn send<K, P>(producer: &BaseProducer, mut record: BaseRecord<'_, K, P>) -> anyhow::Result<()>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! What the engine keeps for one owned partition of `chime.timers`.
+
+use bytes::Bytes;
+
+use crate::interim_wheel::TimingWheel;
+
+/// Pending timers of one partition: id → (due time, the schedule command's bytes).
+pub type TimerWheel = TimingWheel<Bytes, Bytes>;
+
+pub struct PartitionState {
+    /// The partition's pending timers.
+    pub wheel: TimerWheel,
+    /// The next `chime.timers` offset to apply; every record before it is
+    /// reflected in `wheel` and in the changelog. This is the offset each
+    /// transaction commits for the partition.
+    pub next_offset: i64,
+}

@@ -1,0 +1,196 @@
+//! The arena: every pending timer lives in one `Vec` slot, addressed by a `u32`.
+//!
+//! Invariant: a slot is *occupied* (`item` is `Some`) exactly when the timer is
+//! pending, and then it is linked into exactly one [`TimerList`]; a *vacant*
+//! slot is on the free list, threaded through its `next` field.
+//!
+//! Links are indices, not pointers: no per-timer heap node, 4-byte links, and
+//! the arena can be compacted (see [`Arena::compact`]) by rewriting indices.
+
+use crate::list::TimerList;
+
+/// "No entry": the end of a list, or of the free list.
+pub(crate) const NIL: u32 = u32::MAX;
+
+/// Largest number of entries the arena can hold; `NIL` is reserved.
+const MAX_ENTRIES: usize = NIL as usize;
+
+/// Smallest capacity the arena grows to, and never shrinks below.
+pub(crate) const MIN_CAPACITY: usize = 64;
+
+pub(crate) struct Entry<K, V> {
+    pub(crate) deadline: u64,
+    /// Previous entry in the same list, or `NIL` at the head.
+    pub(crate) prev: u32,
+    /// Next entry in the same list (or next free slot, when vacant), or `NIL`.
+    pub(crate) next: u32,
+    /// Id and payload; `None` while the slot is vacant.
+    pub(crate) item: Option<(K, V)>,
+}
+
+pub(crate) struct Arena<K, V> {
+    entries: Vec<Entry<K, V>>,
+    free_head: u32,
+    len: usize,
+}
+
+impl<K, V> Arena<K, V> {
+    pub(crate) fn new() -> Self {
+        Arena {
+            entries: Vec::new(),
+            free_head: NIL,
+            len: 0,
+        }
+    }
+
+    /// Number of occupied slots (pending timers).
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Number of slots the arena has memory for.
+    pub(crate) fn capacity(&self) -> usize {
+        self.entries.capacity()
+    }
+
+    pub(crate) fn entry(&self, idx: u32) -> &Entry<K, V> {
+        &self.entries[idx as usize]
+    }
+
+    pub(crate) fn entry_mut(&mut self, idx: u32) -> &mut Entry<K, V> {
+        &mut self.entries[idx as usize]
+    }
+
+    /// The id of an occupied slot.
+    ///
+    /// Panics if the slot is vacant: the index only ever points at occupied
+    /// slots, so a vacant one here is a broken invariant, not a user error.
+    pub(crate) fn key(&self, idx: u32) -> &K {
+        match &self.entries[idx as usize].item {
+            Some((key, _)) => key,
+            None => unreachable!("index points at vacant arena slot {idx}"),
+        }
+    }
+
+    /// Stores a timer in a vacant slot and returns its index. The entry is
+    /// not linked into any list yet.
+    pub(crate) fn insert(&mut self, key: K, deadline: u64, payload: V) -> u32 {
+        let entry = Entry {
+            deadline,
+            prev: NIL,
+            next: NIL,
+            item: Some((key, payload)),
+        };
+        self.len += 1;
+        if self.free_head != NIL {
+            let idx = self.free_head;
+            let slot = &mut self.entries[idx as usize];
+            self.free_head = slot.next;
+            *slot = entry;
+            return idx;
+        }
+        let idx = self.entries.len();
+        assert!(idx < MAX_ENTRIES, "timing wheel is full ({MAX_ENTRIES} timers)");
+        if idx == self.entries.capacity() {
+            // Grow by half rather than double: a pending-timer arena is large
+            // and long-lived, so the slack after growth is resident memory.
+            let additional = (idx / 2).max(MIN_CAPACITY);
+            self.entries.reserve_exact(additional);
+        }
+        self.entries.push(entry);
+        idx as u32
+    }
+
+    /// Frees an occupied slot that has already been unlinked from its list,
+    /// returning `(id, deadline, payload)`.
+    pub(crate) fn remove(&mut self, idx: u32) -> (K, u64, V) {
+        let slot = &mut self.entries[idx as usize];
+        let (key, payload) = slot
+            .item
+            .take()
+            .unwrap_or_else(|| unreachable!("removing vacant arena slot {idx}"));
+        slot.next = self.free_head;
+        slot.prev = NIL;
+        self.free_head = idx;
+        self.len -= 1;
+        (key, slot.deadline, payload)
+    }
+
+    /// Every pending timer as `(index, id, deadline, payload)`, in index order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &K, u64, &V)> {
+        self.entries.iter().enumerate().filter_map(|(idx, entry)| {
+            let (key, payload) = entry.item.as_ref()?;
+            Some((idx as u32, key, entry.deadline, payload))
+        })
+    }
+
+    /// Links `idx` at the front of `list` (O(1)) and folds its deadline into
+    /// the list's minimum.
+    pub(crate) fn push_front(&mut self, list: &mut TimerList, idx: u32) {
+        let old_head = list.head;
+        let entry = &mut self.entries[idx as usize];
+        entry.prev = NIL;
+        entry.next = old_head;
+        let deadline = entry.deadline;
+        if old_head != NIL {
+            self.entries[old_head as usize].prev = idx;
+        }
+        list.head = idx;
+        list.note_pushed(deadline);
+    }
+
+    /// Unlinks `idx` from `list` (O(1), plus a short rescan when it took the
+    /// list's minimum with it; see [`TimerList`]).
+    pub(crate) fn unlink(&mut self, list: &mut TimerList, idx: u32) {
+        let entry = &self.entries[idx as usize];
+        let (prev, next, deadline) = (entry.prev, entry.next, entry.deadline);
+        if prev == NIL {
+            debug_assert_eq!(list.head, idx, "entry without prev must be the head");
+            list.head = next;
+        } else {
+            self.entries[prev as usize].next = next;
+        }
+        if next != NIL {
+            self.entries[next as usize].prev = prev;
+        }
+        if list.note_unlinked(deadline) {
+            list.set_exact_min(self.min_deadline(list.head));
+        }
+    }
+
+    /// Smallest deadline in the list starting at `head` (`u64::MAX` if empty).
+    fn min_deadline(&self, head: u32) -> u64 {
+        let mut min = u64::MAX;
+        let mut idx = head;
+        while idx != NIL {
+            let entry = &self.entries[idx as usize];
+            min = min.min(entry.deadline);
+            idx = entry.next;
+        }
+        min
+    }
+
+    /// Moves every occupied slot into a dense prefix of a new allocation with
+    /// room for `capacity` entries, so memory held for timers that are gone is
+    /// returned to the allocator. Returns the map from old index to new index
+    /// (`NIL` for vacant slots); the caller must rewrite every index it holds
+    /// (list heads, the id index). Links inside the arena are rewritten here.
+    pub(crate) fn compact(&mut self, capacity: usize) -> Vec<u32> {
+        let capacity = capacity.max(self.len).max(MIN_CAPACITY);
+        let old = std::mem::replace(&mut self.entries, Vec::with_capacity(capacity));
+        let mut remap = vec![NIL; old.len()];
+        for (old_idx, entry) in old.into_iter().enumerate() {
+            if entry.item.is_some() {
+                remap[old_idx] = self.entries.len() as u32;
+                self.entries.push(entry);
+            }
+        }
+        let translate = |idx: u32| if idx == NIL { NIL } else { remap[idx as usize] };
+        for entry in &mut self.entries {
+            entry.prev = translate(entry.prev);
+            entry.next = translate(entry.next);
+        }
+        self.free_head = NIL;
+        remap
+    }
+}

@@ -1,0 +1,319 @@
+//! The records on chime's topics. All values are JSON so any Kafka client in any
+//! language can produce timers; keys are the timer id as UTF-8.
+//!
+//! ```text
+//! chime.timers      key = id   value = TimerCommand  ({"op":"schedule",…} | {"op":"cancel","id":…})
+//! chime.changelog   key = id   value = the schedule command's bytes (pending) | null (tombstone)
+//! chime.fires       key = id   value = the schedule command's bytes; headers say when it fired
+//! chime.dead-letters key = original key  value = DeadLetter
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Header on a fire record: unix ms at which the engine emitted it.
+pub const HEADER_FIRED_AT_MS: &str = "chime-fired-at-ms";
+/// Header on a fire record: how late the engine emitted it (fired_at − fire_at, ≥ 0).
+pub const HEADER_LATENESS_MS: &str = "chime-lateness-ms";
+
+/// Header on a changelog pending record: the timer's due time (unix ms), so a
+/// rebuild need not parse the JSON value.
+pub const HEADER_FIRE_AT_MS: &str = "chime-fire-at-ms";
+
+/// Longest accepted timer id, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// What to call when a timer fires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Callback {
+    /// An absolute `http://` or `https://` URL.
+    pub url: String,
+    /// HTTP method, `POST` unless said otherwise.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Extra request headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Request body, sent as is.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub body: String,
+}
+
+fn default_method() -> String {
+    "POST".to_string()
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+fn is_first_attempt(a: &u32) -> bool {
+    *a == 1
+}
+
+/// A timer: who, when, what to call. The payload of a `schedule` command, of a
+/// pending changelog record and of a fire record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerSpec {
+    pub id: String,
+    /// Due time, unix milliseconds.
+    pub fire_at_ms: u64,
+    pub callback: Callback,
+    /// Delivery attempt this firing is (1 for a fresh timer; retries count up).
+    #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
+    pub attempt: u32,
+}
+
+/// A command on `chime.timers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum TimerCommand {
+    /// Create the timer, or re-schedule it if the id is pending.
+    Schedule(TimerSpec),
+    /// Forget a pending timer; a no-op if it already fired or never existed.
+    Cancel { id: String },
+}
+
+/// Input that breaks the contract, with the field at fault (dotted path, e.g.
+/// `callback.url`) so a client or a dead-letter reader can see what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks a timer id: non-empty, at most [`MAX_ID_BYTES`], no control characters.
+pub fn validate_id(id: &str) -> Result<(), FieldError> {
+    if id.is_empty() {
+        return Err(FieldError::new("id", "must not be empty"));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(FieldError::new(
+            "id",
+            format!("is {} bytes; at most {MAX_ID_BYTES} allowed", id.len()),
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(FieldError::new("id", "must not contain control characters"));
+    }
+    Ok(())
+}
+
+impl Callback {
+    /// Checks what can be checked before delivery: an absolute http(s) URL with a
+    /// host, a valid method token, header names and values that HTTP can carry.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let url = url::Url::parse(&self.url)
+            .map_err(|e| FieldError::new("callback.url", format!("is not a URL: {e}")))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(FieldError::new(
+                "callback.url",
+                format!("scheme must be http or https, not {:?}", url.scheme()),
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(FieldError::new("callback.url", "has no host"));
+        }
+        let method_ok = !self.method.is_empty()
+            && self
+                .method
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !method_ok {
+            return Err(FieldError::new(
+                "callback.method",
+                format!("{:?} is not an HTTP method", self.method),
+            ));
+        }
+        for (name, value) in &self.headers {
+            let name_ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !name_ok {
+                return Err(FieldError::new(
+                    format!("callback.headers.{name}"),
+                    "is not a valid header name",
+                ));
+            }
+            if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                return Err(FieldError::new(
+                    format!("callback.headers.{name}"),
+                    "value contains control characters",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TimerSpec {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        validate_id(&self.id)?;
+        if self.attempt == 0 {
+            return Err(FieldError::new("attempt", "counts from 1"));
+        }
+        self.callback.validate()
+    }
+}
+
+impl TimerCommand {
+    /// The timer id the command is about.
+    pub fn id(&self) -> &str {
+        match self {
+            TimerCommand::Schedule(spec) => &spec.id,
+            TimerCommand::Cancel { id } => id,
+        }
+    }
+
+    /// Decodes and checks one `chime.timers` record. The key must be the timer id:
+    /// that is what sends a cancel to the same partition as its schedule.
+    pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<TimerCommand, FieldError> {
+        let value = value.ok_or_else(|| FieldError::new("value", "record has no value"))?;
+        let command: TimerCommand = serde_json::from_slice(value)
+            .map_err(|e| FieldError::new("value", format!("not a timer command: {e}")))?;
+        match &command {
+            TimerCommand::Schedule(spec) => spec.validate()?,
+            TimerCommand::Cancel { id } => validate_id(id)?,
+        }
+        let key = key.ok_or_else(|| {
+            FieldError::new("key", "record has no key; the key must be the timer id")
+        })?;
+        if key != command.id().as_bytes() {
+            return Err(FieldError::new(
+                "key",
+                format!(
+                    "key {:?} is not the timer id {:?}",
+                    String::from_utf8_lossy(key),
+                    command.id()
+                ),
+            ));
+        }
+        Ok(command)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing these plain structs cannot fail (string keys, no floats).
+        serde_json::to_vec(self).expect("timer command serializes")
+    }
+}
+
+/// A record on `chime.dead-letters`: what could not be processed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Why the record was given up on.
+    pub reason: String,
+    /// Where the record came from.
+    pub source_topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The original key and value, as (lossy) UTF-8.
+    pub key: Option<String>,
+    pub value: Option<String>,
+    /// Delivery attempts made, for undeliverable fires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// Last HTTP status seen, for undeliverable fires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    /// When it was dead-lettered, unix ms.
+    pub dead_at_ms: u64,
+}
+
+impl DeadLetter {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("dead letter serializes")
+    }
+}
+
+/// Lossy UTF-8 of raw record bytes, for dead letters and logs.
+pub fn lossy(bytes: Option<&[u8]>) -> Option<String> {
+    bytes.map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TimerSpec {
+        TimerSpec {
+            id: "t1".into(),
+            fire_at_ms: 1_700_000_000_000,
+            callback: Callback {
+                url: "http://127.0.0.1:9/hook".into(),
+                method: "POST".into(),
+                headers: BTreeMap::new(),
+                body: "hi".into(),
+            },
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn schedule_round_trips_in_documented_form() {
+        let cmd = TimerCommand::Schedule(spec());
+        let json = String::from_utf8(cmd.encode()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"op":"schedule","id":"t1","fire_at_ms":1700000000000,"callback":{"url":"http://127.0.0.1:9/hook","method":"POST","body":"hi"}}"#
+        );
+        assert_eq!(TimerCommand::decode(Some(b"t1"), Some(json.as_bytes())).unwrap(), cmd);
+    }
+
+    #[test]
+    fn minimal_schedule_gets_defaults() {
+        let v = br#"{"op":"schedule","id":"a","fire_at_ms":5,"callback":{"url":"https://x.example/"}}"#;
+        let TimerCommand::Schedule(s) = TimerCommand::decode(Some(b"a"), Some(v)).unwrap() else {
+            panic!("not a schedule")
+        };
+        assert_eq!(s.callback.method, "POST");
+        assert_eq!(s.attempt, 1);
+        assert!(s.callback.body.is_empty());
+    }
+
+    #[test]
+    fn cancel_decodes() {
+        let v = br#"{"op":"cancel","id":"a"}"#;
+        assert_eq!(
+            TimerCommand::decode(Some(b"a"), Some(v)).unwrap(),
+            TimerCommand::Cancel { id: "a".into() }
+        );
+    }
+
+    #[test]
+    fn bad_records_name_what_is_wrong() {
+        let err = |k: Option<&[u8]>, v: Option<&[u8]>| TimerCommand::decode(k, v).unwrap_err();
+        assert_eq!(err(Some(b"a"), None).field, "value");
+        assert_eq!(err(Some(b"a"), Some(b"garbage")).field, "value");
+        assert_eq!(err(Some(b"a"), Some(br#"{"op":"explode","id":"a"}"#)).field, "value");
+        let good = br#"{"op":"cancel","id":"a"}"#;
+        assert_eq!(err(None, Some(good)).field, "key");
+        assert_eq!(err(Some(b"b"), Some(good)).field, "key");
+        let ftp = br#"{"op":"schedule","id":"a","fire_at_ms":5,"callback":{"url":"ftp://x/"}}"#;
+        assert_eq!(err(Some(b"a"), Some(ftp)).field, "callback.url");
+        let empty = br#"{"op":"cancel","id":""}"#;
+        assert_eq!(err(Some(b""), Some(empty)).field, "id");
+    }
+
+    #[test]
+    fn header_validation() {
+        let mut s = spec();
+        s.callback.headers.insert("bad name".into(), "v".into());
+        assert_eq!(s.validate().unwrap_err().field, "callback.headers.bad name");
+        let mut s = spec();
+        s.callback.method = "GE T".into();
+        assert_eq!(s.validate().unwrap_err().field, "callback.method");
+    }
+}
