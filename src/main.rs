@@ -25,10 +25,20 @@ struct Cli {
 #[derive(Args, Clone)]
 struct KafkaArgs {
     /// Kafka bootstrap servers.
-    #[arg(long = "kafka", env = "CHIME_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092", global = true)]
+    #[arg(
+        long = "kafka",
+        env = "CHIME_KAFKA_BOOTSTRAP",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
     bootstrap: String,
     /// Prefix of every topic (<prefix>.timers, <prefix>.fires, ...) and group id.
-    #[arg(long, env = "CHIME_TOPIC_PREFIX", default_value = "chime", global = true)]
+    #[arg(
+        long,
+        env = "CHIME_TOPIC_PREFIX",
+        default_value = "chime",
+        global = true
+    )]
     topic_prefix: String,
 }
 
@@ -179,8 +189,12 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = shutdown_on_signal();
     match &cli.role {
         Role::Topics(t) => {
-            chime_wire::kafka::create_topics(&k.bootstrap, &Topics::new(&k.topic_prefix), t.partitions)
-                .await
+            chime_wire::kafka::create_topics(
+                &k.bootstrap,
+                &Topics::new(&k.topic_prefix),
+                t.partitions,
+            )
+            .await
         }
         Role::Ingest(a) => chime_ingest::serve(bind(a.listen).await?, a.config(k), shutdown).await,
         Role::Engine(a) => chime_engine::serve(a.config(k), shutdown).await,
@@ -200,9 +214,18 @@ async fn main() -> anyhow::Result<()> {
             let listener = bind(ingest.listen).await?;
             // If any role stops (or fails), stop them all.
             let roles = tokio::try_join!(
-                stop_all_on_exit(chime_ingest::serve(listener, ingest.config(k), shutdown.clone()), &shutdown),
-                stop_all_on_exit(chime_engine::serve(engine.config(k), shutdown.clone()), &shutdown),
-                stop_all_on_exit(chime_dispatcher::serve(dispatcher.config(k), shutdown.clone()), &shutdown),
+                stop_all_on_exit(
+                    chime_ingest::serve(listener, ingest.config(k), shutdown.clone()),
+                    &shutdown
+                ),
+                stop_all_on_exit(
+                    chime_engine::serve(engine.config(k), shutdown.clone()),
+                    &shutdown
+                ),
+                stop_all_on_exit(
+                    chime_dispatcher::serve(dispatcher.config(k), shutdown.clone()),
+                    &shutdown
+                ),
             );
             roles.map(|_| ())
         }

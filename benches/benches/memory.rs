@@ -127,7 +127,10 @@ fn measure<Q: TimerQueue>(count: usize) {
 
 fn main() {
     // `cargo bench` passes `--bench`; any other argument is a count filter.
-    let filter: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with("--")).collect();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with("--"))
+        .collect();
     println!("| structure         |    pending | bytes per timer | peak per timer | per timer after 90% cancelled |");
     println!("|-------------------|-----------:|----------------:|---------------:|------------------------------:|");
     for count in [1_000_000, 10_000_000] {

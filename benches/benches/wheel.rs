@@ -6,12 +6,14 @@
 use std::time::Duration;
 
 use criterion::measurement::WallTime;
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, SamplingMode, Throughput};
+use criterion::{
+    criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, SamplingMode, Throughput,
+};
 
 mod support;
 use support::{
-    deadlines, filled, run_ops, shuffled_half, steady_mix, BTree, Heap, TimerQueue, TokioDelayQueue, Wheel, BASE_MS,
-    MINUTE_MS, SECOND_MS, YEAR_MS,
+    deadlines, filled, run_ops, shuffled_half, steady_mix, BTree, Heap, TimerQueue,
+    TokioDelayQueue, Wheel, BASE_MS, MINUTE_MS, SECOND_MS, YEAR_MS,
 };
 
 /// Runs `$bench::<Q>(args)` for each of the four structures.
@@ -26,7 +28,11 @@ macro_rules! for_each_queue {
 
 /// Few, flat samples: each iteration handles up to a million timers, and the
 /// whole suite must finish in minutes on two cores.
-fn group<'a>(c: &'a mut Criterion, name: &str, operations: u64) -> BenchmarkGroup<'a, WallTime> {
+fn new_group<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+    operations: u64,
+) -> BenchmarkGroup<'a, WallTime> {
     let mut group = c.benchmark_group(name);
     group
         .sample_size(10)
@@ -73,7 +79,12 @@ fn cancel<Q: TimerQueue>(group: &mut BenchmarkGroup<WallTime>, deadlines: &[u64]
 }
 
 /// Expires every timer by advancing `step_ms` at a time up to `until`.
-fn expire<Q: TimerQueue>(group: &mut BenchmarkGroup<WallTime>, deadlines: &[u64], step_ms: u64, until: u64) {
+fn expire<Q: TimerQueue>(
+    group: &mut BenchmarkGroup<WallTime>,
+    deadlines: &[u64],
+    step_ms: u64,
+    until: u64,
+) {
     group.bench_function(Q::NAME, |b| {
         b.iter_batched(
             || (filled::<Q>(deadlines), Vec::with_capacity(deadlines.len())),
@@ -93,7 +104,12 @@ fn expire<Q: TimerQueue>(group: &mut BenchmarkGroup<WallTime>, deadlines: &[u64]
     });
 }
 
-fn mix<Q: TimerQueue>(group: &mut BenchmarkGroup<WallTime>, initial: &[u64], ops: &[support::Op], expiries: usize) {
+fn mix<Q: TimerQueue>(
+    group: &mut BenchmarkGroup<WallTime>,
+    initial: &[u64],
+    ops: &[support::Op],
+    expiries: usize,
+) {
     group.bench_function(Q::NAME, |b| {
         b.iter_batched(
             || (filled::<Q>(initial), Vec::new()),
@@ -110,7 +126,11 @@ fn schedule_benches(c: &mut Criterion) {
     for (count, count_name) in [(10_000, "1e4"), (1_000_000, "1e6")] {
         for (span, span_name) in [(MINUTE_MS, "minute"), (YEAR_MS, "year")] {
             let deadlines = deadlines(count, span, 1);
-            let mut group = group(c, &format!("schedule/{count_name}/{span_name}"), count as u64);
+            let mut group = new_group(
+                c,
+                &format!("schedule/{count_name}/{span_name}"),
+                count as u64,
+            );
             for_each_queue!(schedule(&mut group, &deadlines));
             group.finish();
         }
@@ -121,7 +141,7 @@ fn cancel_benches(c: &mut Criterion) {
     const PENDING: usize = 1_000_000;
     let deadlines = deadlines(PENDING, MINUTE_MS, 2);
     let ids = shuffled_half(PENDING, 3);
-    let mut group = group(c, "cancel-half/1e6", ids.len() as u64);
+    let mut group = new_group(c, "cancel-half/1e6", ids.len() as u64);
     for_each_queue!(cancel(&mut group, &deadlines, &ids));
     group.finish();
 }
@@ -130,10 +150,10 @@ fn expire_benches(c: &mut Criterion) {
     const COUNT: usize = 1_000_000;
     let deadlines = deadlines(COUNT, SECOND_MS, 4);
     let until = BASE_MS + SECOND_MS;
-    let mut group = group(c, "expire/1e6-in-1s/1ms-steps", COUNT as u64);
+    let mut group = new_group(c, "expire/1e6-in-1s/1ms-steps", COUNT as u64);
     for_each_queue!(expire(&mut group, &deadlines, 1, until));
     group.finish();
-    let mut group = group(c, "expire/1e6-in-1s/one-jump", COUNT as u64);
+    let mut group = new_group(c, "expire/1e6-in-1s/one-jump", COUNT as u64);
     for_each_queue!(expire(&mut group, &deadlines, SECOND_MS, until));
     group.finish();
 }
@@ -147,10 +167,16 @@ fn mix_benches(c: &mut Criterion) {
     let initial = deadlines(PENDING, MINUTE_MS, 5);
     let (ops, operations) = steady_mix(PENDING, 5, TICKS, PER_TICK);
     let expiries = (operations - 2 * PER_TICK as u64 * TICKS) as usize;
-    let mut group = group(c, "steady-mix/1e6", operations);
+    let mut group = new_group(c, "steady-mix/1e6", operations);
     for_each_queue!(mix(&mut group, &initial, &ops, expiries));
     group.finish();
 }
 
-criterion_group!(benches, schedule_benches, cancel_benches, expire_benches, mix_benches);
+criterion_group!(
+    benches,
+    schedule_benches,
+    cancel_benches,
+    expire_benches,
+    mix_benches
+);
 criterion_main!(benches);

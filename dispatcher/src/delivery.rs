@@ -40,7 +40,11 @@ impl FireRecord {
             partition: m.partition(),
             offset: m.offset(),
             key: lossy(m.key()),
-            value: if timer.is_ok() { None } else { lossy(m.payload()) },
+            value: if timer.is_ok() {
+                None
+            } else {
+                lossy(m.payload())
+            },
             timer,
         }
     }
@@ -101,7 +105,8 @@ impl Delivery {
             }
             Err(e) => {
                 let reason = format!("callback failed: {e}");
-                self.dead_letter(&fire, reason, Some(spec.attempt), None).await
+                self.dead_letter(&fire, reason, Some(spec.attempt), None)
+                    .await
             }
         }
     }
@@ -145,10 +150,10 @@ impl Delivery {
             offset: fire.offset,
             key: fire.key.clone(),
             value: fire.value.clone().or_else(|| {
-                fire.timer
-                    .as_ref()
-                    .ok()
-                    .map(|s| String::from_utf8_lossy(&TimerCommand::Schedule(s.clone()).encode()).into_owned())
+                fire.timer.as_ref().ok().map(|s| {
+                    String::from_utf8_lossy(&TimerCommand::Schedule(s.clone()).encode())
+                        .into_owned()
+                })
             }),
             attempts,
             last_status,

@@ -55,18 +55,15 @@ struct Finished {
 
 /// Runs a dispatcher until `shutdown`; in-flight calls are finished first.
 pub async fn serve(config: DispatcherConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let consumer: StreamConsumer<RevocationContext> = chime_wire::kafka::consumer_config(
-        &config.bootstrap,
-        "chime-dispatcher",
-        &config.group_id,
-    )
-    .set("partition.assignment.strategy", "cooperative-sticky")
-    // Offsets are stored by hand (only finished records) and committed by
-    // librdkafka every 100 ms and on revocation.
-    .set("enable.auto.commit", "true")
-    .set("enable.auto.offset.store", "false")
-    .set("auto.commit.interval.ms", "100")
-    .create_with_context(RevocationContext::default())?;
+    let consumer: StreamConsumer<RevocationContext> =
+        chime_wire::kafka::consumer_config(&config.bootstrap, "chime-dispatcher", &config.group_id)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            // Offsets are stored by hand (only finished records) and committed by
+            // librdkafka every 100 ms and on revocation.
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "100")
+            .create_with_context(RevocationContext::default())?;
     consumer.subscribe(&[&config.topics.fires])?;
     let producer: FutureProducer =
         chime_wire::kafka::producer_config(&config.bootstrap, "chime-dispatcher").create()?;

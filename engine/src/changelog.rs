@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
+use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 use chime_wire::record::HEADER_FIRE_AT_MS;
@@ -34,7 +35,7 @@ pub fn load(
     if partitions.is_empty() {
         return Ok(wheels);
     }
-    let consumer: BaseConsumer = chime_wire::kafka::consumer_config(
+    let consumer: BaseConsumer<QuietEof> = chime_wire::kafka::consumer_config(
         &config.bootstrap,
         &format!("{}-changelog", config.client_id()),
         &format!("{}-changelog-reader", config.group_id),
@@ -42,7 +43,7 @@ pub fn load(
     .set("enable.partition.eof", "true")
     .set("fetch.max.bytes", "52428800")
     .set("max.partition.fetch.bytes", "10485760")
-    .create()?;
+    .create_with_context(QuietEof)?;
     let mut tpl = TopicPartitionList::new();
     for &p in partitions {
         tpl.add_partition_offset(&config.topics.changelog, p, Offset::Beginning)?;
@@ -113,8 +114,28 @@ fn fire_at<M: Message>(m: &M, value: &[u8]) -> Option<u64> {
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|s| s.parse().ok())
     });
-    from_header.or_else(|| match serde_json::from_slice::<TimerCommand>(value).ok()? {
-        TimerCommand::Schedule(spec) => Some(spec.fire_at_ms),
-        TimerCommand::Cancel { .. } => None,
-    })
+    from_header.or_else(
+        || match serde_json::from_slice::<TimerCommand>(value).ok()? {
+            TimerCommand::Schedule(spec) => Some(spec.fire_at_ms),
+            TimerCommand::Cancel { .. } => None,
+        },
+    )
 }
+
+/// librdkafka also reports "end of partition" as a global error, which the
+/// default context would log at error level; here it is the expected signal.
+struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !eof {
+            tracing::error!(%error, reason, "changelog reader error");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}

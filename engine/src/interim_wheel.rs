@@ -20,7 +20,12 @@ pub struct TimingWheel<K, V> {
 
 impl<K: Hash + Eq + Clone, V> TimingWheel<K, V> {
     pub fn new(now: u64) -> Self {
-        TimingWheel { by_time: BTreeMap::new(), by_id: HashMap::new(), seq: 0, now }
+        TimingWheel {
+            by_time: BTreeMap::new(),
+            by_id: HashMap::new(),
+            seq: 0,
+            now,
+        }
     }
     pub fn schedule(&mut self, id: K, deadline: u64, payload: V) -> Option<V> {
         let old = self.cancel(&id).map(|(_, v)| v);
@@ -45,7 +50,11 @@ impl<K: Hash + Eq + Clone, V> TimingWheel<K, V> {
             }
             let id = entry.remove();
             if let Some((deadline, _, payload)) = self.by_id.remove(&id) {
-                expired.push(Expired { id, deadline, payload });
+                expired.push(Expired {
+                    id,
+                    deadline,
+                    payload,
+                });
             }
         }
     }

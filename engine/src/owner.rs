@@ -79,7 +79,9 @@ impl Owner {
         )
         .set(
             "heartbeat.interval.ms",
-            (config.session_timeout.as_millis() / 5).max(100).to_string(),
+            (config.session_timeout.as_millis() / 5)
+                .max(100)
+                .to_string(),
         )
         .create_with_context(GroupContext::new(&config.topics.timers))?;
         consumer.subscribe(&[&config.topics.timers])?;
@@ -189,22 +191,22 @@ impl Owner {
         let mut wheels = changelog::load(&self.config, parts, now_ms())?;
         for &p in parts {
             let next_offset = match committed.find_partition(topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                _ => {
-                    let (low, _high) =
-                        self.consumer
-                            .fetch_watermarks(topic, p, KAFKA_TIMEOUT)?;
-                    low
-                }
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
             };
             if seek {
-                self.consumer
-                    .seek(topic, p, Offset::Offset(next_offset), KAFKA_TIMEOUT)?;
+                let from = next_offset.map_or(Offset::Beginning, Offset::Offset);
+                self.consumer.seek(topic, p, from, KAFKA_TIMEOUT)?;
             }
             let wheel = wheels
                 .remove(&p)
                 .ok_or_else(|| anyhow::anyhow!("changelog load lost partition {p}"))?;
-            tracing::info!(partition = p, next_offset, pending = wheel.len(), "partition live");
+            tracing::info!(
+                partition = p,
+                ?next_offset,
+                pending = wheel.len(),
+                "partition live"
+            );
             self.partitions
                 .insert(p, PartitionState { wheel, next_offset });
         }
@@ -220,12 +222,12 @@ impl Owner {
             let Some(state) = self.partitions.get_mut(&rec.partition) else {
                 continue; // revoked while waiting in the inbox
             };
-            if rec.offset < state.next_offset {
+            if state.next_offset.is_some_and(|next| rec.offset < next) {
                 continue; // already applied before a seek back
             }
             txn.begin(&self.producer)?;
             apply_input(&self.config, &self.producer, state, &rec, now)?;
-            state.next_offset = rec.offset + 1;
+            state.next_offset = Some(rec.offset + 1);
             touched.insert(rec.partition);
         }
         let fire_until = now.saturating_add(self.config.lead.as_millis() as u64);
@@ -244,10 +246,16 @@ impl Owner {
         if txn == TxnState::Idle {
             return Ok(());
         }
+        let topic = &self.config.topics.timers;
         let mut offsets = TopicPartitionList::new();
-        for p in &touched {
-            let next = self.partitions[p].next_offset;
-            offsets.add_partition_offset(&self.config.topics.timers, *p, Offset::Offset(next))?;
+        for &p in &touched {
+            let next = match self.partitions[&p].next_offset {
+                Some(next) => next,
+                // Fires without any input applied and no committed offset:
+                // commit the start of the partition, which is where it stands.
+                None => self.consumer.fetch_watermarks(topic, p, KAFKA_TIMEOUT)?.0,
+            };
+            offsets.add_partition_offset(topic, p, Offset::Offset(next))?;
         }
         let group = self
             .consumer

@@ -12,6 +12,7 @@ pub struct PartitionState {
     pub wheel: TimerWheel,
     /// The next `chime.timers` offset to apply; every record before it is
     /// reflected in `wheel` and in the changelog. This is the offset each
-    /// transaction commits for the partition.
-    pub next_offset: i64,
+    /// transaction commits for the partition. `None` until known: the group
+    /// has no committed offset and no record has been applied yet.
+    pub next_offset: Option<i64>,
 }

@@ -112,7 +112,11 @@ async fn create_timer(
     };
     let horizon = state.config.horizon.as_millis() as u64;
     if fire_at_ms > now.saturating_add(horizon) {
-        let field = if req.fire_at.is_some() { "fire_at" } else { "delay_ms" };
+        let field = if req.fire_at.is_some() {
+            "fire_at"
+        } else {
+            "delay_ms"
+        };
         return Err(ApiError::bad_field(
             field,
             format!("is more than {} days ahead", horizon / 86_400_000),
@@ -129,7 +133,10 @@ async fn create_timer(
         attempt: 1,
     };
     check_spec(&spec, &state.config)?;
-    state.log.append(&TimerCommand::Schedule(spec.clone())).await?;
+    state
+        .log
+        .append(&TimerCommand::Schedule(spec.clone()))
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(TimerCreated {
@@ -176,7 +183,10 @@ async fn create_legacy_timer(
         Some("callback.url") => ApiError::bad_field("url", e.body.error),
         _ => e,
     })?;
-    state.log.append(&TimerCommand::Schedule(spec.clone())).await?;
+    state
+        .log
+        .append(&TimerCommand::Schedule(spec.clone()))
+        .await?;
     Ok(Json(LegacyTimerCreated {
         id: spec.id,
         time_left: seconds,
@@ -209,6 +219,10 @@ fn parse_json<T: DeserializeOwned>(
             ApiError::bad_field("body", rejection.body_text())
         }
     })?;
+    // serde would also read a struct from a JSON array; the API takes objects.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_field("body", "must be a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_slice(&body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -221,11 +235,17 @@ fn parse_json<T: DeserializeOwned>(
 /// The field a serde error is about: its path, plus the field named in a
 /// "missing field `x`" / "unknown field `x`" message.
 fn field_of(path: &str, message: &str) -> String {
-    let named = ["missing field `", "unknown field `"]
-        .iter()
-        .find_map(|prefix| message.strip_prefix(prefix))
+    let path = match path {
+        "." | "?" => "",
+        p => p,
+    };
+    if message.starts_with("unknown field `") && !path.is_empty() {
+        return path.to_string(); // the path already ends at the unknown field
+    }
+    let named = message
+        .strip_prefix("missing field `")
+        .or_else(|| message.strip_prefix("unknown field `"))
         .and_then(|rest| rest.split('`').next());
-    let path = if path == "." { "" } else { path };
     match (path, named) {
         ("", Some(name)) => name.to_string(),
         (p, Some(name)) => format!("{p}.{name}"),
@@ -277,7 +297,15 @@ mod tests {
     fn field_paths() {
         assert_eq!(field_of(".", "missing field `callback`"), "callback");
         assert_eq!(field_of("callback", "missing field `url`"), "callback.url");
-        assert_eq!(field_of(".", "unknown field `colour`, expected one of"), "colour");
+        assert_eq!(
+            field_of("colour", "unknown field `colour`, expected one of"),
+            "colour"
+        );
+        assert_eq!(
+            field_of("callback.colour", "unknown field `colour`, expected one of"),
+            "callback.colour"
+        );
+        assert_eq!(field_of("?", "EOF while parsing a value"), "body");
         assert_eq!(field_of("delay_ms", "invalid type: string"), "delay_ms");
         assert_eq!(field_of(".", "expected value"), "body");
     }

@@ -38,7 +38,10 @@ pub fn consumer_config(bootstrap: &str, client_id: &str, group_id: &str) -> Clie
     c.set("group.id", group_id)
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        // Timers are latency-sensitive: do not let the broker hold a fetch
+        // for the default 500 ms waiting for more data.
+        .set("fetch.wait.max.ms", "10");
     c
 }
 

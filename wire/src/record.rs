@@ -269,12 +269,16 @@ mod tests {
             json,
             r#"{"op":"schedule","id":"t1","fire_at_ms":1700000000000,"callback":{"url":"http://127.0.0.1:9/hook","method":"POST","body":"hi"}}"#
         );
-        assert_eq!(TimerCommand::decode(Some(b"t1"), Some(json.as_bytes())).unwrap(), cmd);
+        assert_eq!(
+            TimerCommand::decode(Some(b"t1"), Some(json.as_bytes())).unwrap(),
+            cmd
+        );
     }
 
     #[test]
     fn minimal_schedule_gets_defaults() {
-        let v = br#"{"op":"schedule","id":"a","fire_at_ms":5,"callback":{"url":"https://x.example/"}}"#;
+        let v =
+            br#"{"op":"schedule","id":"a","fire_at_ms":5,"callback":{"url":"https://x.example/"}}"#;
         let TimerCommand::Schedule(s) = TimerCommand::decode(Some(b"a"), Some(v)).unwrap() else {
             panic!("not a schedule")
         };
@@ -297,7 +301,10 @@ mod tests {
         let err = |k: Option<&[u8]>, v: Option<&[u8]>| TimerCommand::decode(k, v).unwrap_err();
         assert_eq!(err(Some(b"a"), None).field, "value");
         assert_eq!(err(Some(b"a"), Some(b"garbage")).field, "value");
-        assert_eq!(err(Some(b"a"), Some(br#"{"op":"explode","id":"a"}"#)).field, "value");
+        assert_eq!(
+            err(Some(b"a"), Some(br#"{"op":"explode","id":"a"}"#)).field,
+            "value"
+        );
         let good = br#"{"op":"cancel","id":"a"}"#;
         assert_eq!(err(None, Some(good)).field, "key");
         assert_eq!(err(Some(b"b"), Some(good)).field, "key");

@@ -61,15 +61,9 @@ impl<K, V> Arena<K, V> {
         &mut self.entries[idx as usize]
     }
 
-    /// The id of an occupied slot.
-    ///
-    /// Panics if the slot is vacant: the index only ever points at occupied
-    /// slots, so a vacant one here is a broken invariant, not a user error.
-    pub(crate) fn key(&self, idx: u32) -> &K {
-        match &self.entries[idx as usize].item {
-            Some((key, _)) => key,
-            None => unreachable!("index points at vacant arena slot {idx}"),
-        }
+    /// The id in slot `idx`, or `None` if the slot is vacant.
+    pub(crate) fn key(&self, idx: u32) -> Option<&K> {
+        self.entries[idx as usize].item.as_ref().map(|(key, _)| key)
     }
 
     /// Stores a timer in a vacant slot and returns its index. The entry is
@@ -90,11 +84,16 @@ impl<K, V> Arena<K, V> {
             return idx;
         }
         let idx = self.entries.len();
-        assert!(idx < MAX_ENTRIES, "timing wheel is full ({MAX_ENTRIES} timers)");
+        assert!(
+            idx < MAX_ENTRIES,
+            "timing wheel is full ({MAX_ENTRIES} timers)"
+        );
         if idx == self.entries.capacity() {
-            // Grow by half rather than double: a pending-timer arena is large
-            // and long-lived, so the slack after growth is resident memory.
-            let additional = (idx / 2).max(MIN_CAPACITY);
+            // Grow by a quarter rather than double: a pending-timer arena is
+            // large and long-lived, so the slack after growth is resident
+            // memory. Large `Vec`s grow by `mremap`, so growing more often
+            // costs little.
+            let additional = (idx / 4).max(MIN_CAPACITY);
             self.entries.reserve_exact(additional);
         }
         self.entries.push(entry);
@@ -127,7 +126,9 @@ impl<K, V> Arena<K, V> {
     /// Links `idx` at the front of `list` (O(1)) and folds its deadline into
     /// the list's minimum.
     pub(crate) fn push_front(&mut self, list: &mut TimerList, idx: u32) {
-        let old_head = list.head;
+        let head = list.head_mut(idx);
+        let old_head = *head;
+        *head = idx;
         let entry = &mut self.entries[idx as usize];
         entry.prev = NIL;
         entry.next = old_head;
@@ -135,7 +136,6 @@ impl<K, V> Arena<K, V> {
         if old_head != NIL {
             self.entries[old_head as usize].prev = idx;
         }
-        list.head = idx;
         list.note_pushed(deadline);
     }
 
@@ -145,8 +145,9 @@ impl<K, V> Arena<K, V> {
         let entry = &self.entries[idx as usize];
         let (prev, next, deadline) = (entry.prev, entry.next, entry.deadline);
         if prev == NIL {
-            debug_assert_eq!(list.head, idx, "entry without prev must be the head");
-            list.head = next;
+            let head = list.head_mut(idx);
+            debug_assert_eq!(*head, idx, "entry without prev must be the head");
+            *head = next;
         } else {
             self.entries[prev as usize].next = next;
         }
@@ -154,20 +155,13 @@ impl<K, V> Arena<K, V> {
             self.entries[next as usize].prev = prev;
         }
         if list.note_unlinked(deadline) {
-            list.set_exact_min(self.min_deadline(list.head));
+            let mut walk = list.walk();
+            let mut min = u64::MAX;
+            while let Some(idx) = walk.next(self) {
+                min = min.min(self.entries[idx as usize].deadline);
+            }
+            list.set_exact_min(min);
         }
-    }
-
-    /// Smallest deadline in the list starting at `head` (`u64::MAX` if empty).
-    fn min_deadline(&self, head: u32) -> u64 {
-        let mut min = u64::MAX;
-        let mut idx = head;
-        while idx != NIL {
-            let entry = &self.entries[idx as usize];
-            min = min.min(entry.deadline);
-            idx = entry.next;
-        }
-        min
     }
 
     /// Moves every occupied slot into a dense prefix of a new allocation with

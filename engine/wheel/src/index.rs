@@ -3,15 +3,26 @@
 //!
 //! Each id is stored once, in its arena entry; the table holds only the
 //! 4-byte index (plus hashbrown's 1 control byte per bucket), and hashes and
-//! compares through the arena. Invariant: the table holds exactly the indices
-//! of the occupied arena slots.
+//! compares through the arena.
+//!
+//! Invariant: every pending timer's arena index is in the table, under the
+//! hash of its id. The table may also hold *stale* indices, left behind by
+//! expired timers: expiry frees the arena slot but does not touch the table,
+//! because a removal is two dependent cache misses per timer (control byte,
+//! then bucket) and would dominate the cost of expiring. A stale index is
+//! harmless: lookups compare the id in the arena slot it points to, which is
+//! vacant or holds another id (if it holds the same id, it is that id's live
+//! entry, a correct answer). Stale indices take table capacity, so a full
+//! table is rebuilt from the arena (dropping them all) before it grows;
+//! each rebuild is O(arena) and leaves room for as many inserts as there
+//! are pending timers, so it is amortised O(1) per insert.
 
 use std::hash::{BuildHasher, Hash};
 
 use hashbrown::hash_table::{Entry, HashTable};
 use hashbrown::DefaultHashBuilder;
 
-use crate::arena::Arena;
+use crate::arena::{Arena, MIN_CAPACITY};
 
 pub(crate) struct Index {
     table: HashTable<u32>,
@@ -30,59 +41,64 @@ impl Index {
         self.hasher.hash_one(key)
     }
 
+    /// The arena index of pending timer `key`, whose hash is `hash`.
     pub(crate) fn find<K: Eq, V>(&self, arena: &Arena<K, V>, hash: u64, key: &K) -> Option<u32> {
         self.table
-            .find(hash, |&idx| arena.key(idx) == key)
+            .find(hash, |&idx| arena.key(idx) == Some(key))
             .copied()
     }
 
-    /// The slot for `key`: occupied by its arena index, or vacant to take one.
+    /// The table slot for `key`: occupied by its arena index if pending, or
+    /// vacant to take one.
     pub(crate) fn entry<'a, K: Hash + Eq, V>(
         &'a mut self,
         arena: &Arena<K, V>,
         hash: u64,
         key: &K,
     ) -> Entry<'a, u32> {
+        if self.table.len() == self.table.capacity() {
+            self.rebuild(arena, (arena.len() * 2).max(MIN_CAPACITY));
+        }
         let hasher = &self.hasher;
         self.table.entry(
             hash,
-            |&idx| arena.key(idx) == key,
-            |&idx| hasher.hash_one(arena.key(idx)),
+            |&idx| arena.key(idx) == Some(key),
+            // Not called: the table has room, so hashbrown never rehashes.
+            // Were it called, a stale index may go anywhere.
+            |&idx| arena.key(idx).map_or(0, |key| hasher.hash_one(key)),
         )
     }
 
-    /// Removes `key`, returning the arena index it pointed to.
+    /// Replaces the table by one with room for `capacity` ids, holding the
+    /// pending timers only, filled by walking the arena in order. (hashbrown's
+    /// own resize would fetch each id from the arena in hash order, a cache
+    /// miss per timer; in arena order the reads are sequential.)
+    fn rebuild<K: Hash, V>(&mut self, arena: &Arena<K, V>, capacity: usize) {
+        let mut table = HashTable::with_capacity(capacity.max(arena.len()));
+        for (idx, key, _, _) in arena.iter() {
+            // The capacity covers every pending timer, so this never rehashes.
+            table.insert_unique(self.hasher.hash_one(key), idx, |_| 0);
+        }
+        self.table = table;
+    }
+
+    /// Removes pending timer `key`, returning its arena index.
     pub(crate) fn remove<K: Hash + Eq, V>(&mut self, arena: &Arena<K, V>, key: &K) -> Option<u32> {
         let hash = self.hash(key);
         let entry = self
             .table
-            .find_entry(hash, |&idx| arena.key(idx) == key)
+            .find_entry(hash, |&idx| arena.key(idx) == Some(key))
             .ok()?;
         Some(entry.remove().0)
     }
 
-    /// Removes arena index `idx`, whose id hashes to `hash`. Compares indices,
-    /// not ids, so it never touches the arena.
-    pub(crate) fn remove_index(&mut self, hash: u64, idx: u32) {
-        match self.table.find_entry(hash, |&candidate| candidate == idx) {
-            Ok(entry) => {
-                entry.remove();
-            }
-            Err(_) => unreachable!("arena index {idx} missing from the id index"),
-        }
+    /// Rebuilds the table for a freshly compacted arena (whose indices all
+    /// changed), sized for `capacity` ids.
+    pub(crate) fn compact<K: Hash, V>(&mut self, arena: &Arena<K, V>, capacity: usize) {
+        self.rebuild(arena, capacity);
     }
 
-    /// Rewrites every index through `remap` (after [`Arena::compact`]) and
-    /// shrinks the table to fit `capacity` ids.
-    pub(crate) fn compact<K: Hash, V>(&mut self, arena: &Arena<K, V>, remap: &[u32], capacity: usize) {
-        for idx in self.table.iter_mut() {
-            *idx = remap[*idx as usize];
-        }
-        let hasher = &self.hasher;
-        self.table
-            .shrink_to(capacity, |&idx| hasher.hash_one(arena.key(idx)));
-    }
-
+    /// Number of indices held, stale ones included.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.table.len()

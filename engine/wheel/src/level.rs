@@ -11,7 +11,7 @@
 //! * bit `s` of `occupied` is set exactly when slot `s` is non-empty.
 
 use crate::arena::Arena;
-use crate::list::TimerList;
+use crate::list::{TimerList, Walk};
 
 /// Bits of a deadline consumed by one level: 64 slots.
 pub(crate) const SLOT_BITS: u32 = 6;
@@ -82,8 +82,8 @@ impl Level {
         }
     }
 
-    /// Empties `slot`, returning its list to be expired or cascaded.
-    pub(crate) fn take(&mut self, slot: usize) -> TimerList {
+    /// Empties `slot`, returning a walk over its timers to expire or cascade.
+    pub(crate) fn take(&mut self, slot: usize) -> Walk {
         self.occupied &= !(1 << slot);
         self.slots[slot].take()
     }

@@ -176,7 +176,7 @@ use hashbrown::hash_table::Entry as IndexEntry;
 use arena::{Arena, MIN_CAPACITY, NIL};
 use index::Index;
 use level::{level_for, Level, LEVELS};
-use list::TimerList;
+use list::{TimerList, Walk};
 use overflow::{epoch_of, epoch_start, Overflow};
 
 /// A timer taken out of the wheel by [`TimingWheel::advance`].
@@ -275,7 +275,10 @@ impl<K: Hash + Eq + Clone, V> TimingWheel<K, V> {
     pub fn get(&self, id: &K) -> Option<(u64, &V)> {
         let idx = self.index.find(&self.arena, self.index.hash(id), id)?;
         let entry = self.arena.entry(idx);
-        entry.item.as_ref().map(|(_, payload)| (entry.deadline, payload))
+        entry
+            .item
+            .as_ref()
+            .map(|(_, payload)| (entry.deadline, payload))
     }
 
     /// Moves the wheel's time to `now` and appends to `expired` every timer
@@ -420,15 +423,12 @@ impl<K: Hash + Eq + Clone, V> TimingWheel<K, V> {
         if self.due.is_empty() {
             return;
         }
-        let list = self.due.take();
+        let mut walk = self.due.take();
         // Sort (deadline, index) pairs rather than indices by a looked-up
         // key: the pairs are contiguous, the arena entries are not.
-        let mut order = Vec::with_capacity(list.len());
-        let mut idx = list.head;
-        while idx != NIL {
-            let entry = self.arena.entry(idx);
-            order.push((entry.deadline, idx));
-            idx = entry.next;
+        let mut order = Vec::with_capacity(walk.len());
+        while let Some(idx) = walk.next(&self.arena) {
+            order.push((self.arena.entry(idx).deadline, idx));
         }
         order.sort_unstable();
         expired.reserve(order.len());
@@ -438,19 +438,18 @@ impl<K: Hash + Eq + Clone, V> TimingWheel<K, V> {
     }
 
     /// Expires every timer of a level-0 slot (all share one deadline).
-    fn expire_list(&mut self, list: TimerList, expired: &mut Vec<Expired<K, V>>) {
-        expired.reserve(list.len());
-        let mut idx = list.head;
-        while idx != NIL {
-            let next = self.arena.entry(idx).next;
+    fn expire_list(&mut self, mut walk: Walk, expired: &mut Vec<Expired<K, V>>) {
+        expired.reserve(walk.len());
+        while let Some(idx) = walk.next(&self.arena) {
             self.expire_entry(idx, expired);
-            idx = next;
         }
     }
 
+    /// Frees an unlinked timer's arena slot. Its id stays in the index as a
+    /// stale entry, which lookups ignore and the next rebuild drops (see
+    /// `index.rs`): removing it now would cost two cache misses per timer,
+    /// the bulk of what expiring costs.
     fn expire_entry(&mut self, idx: u32, expired: &mut Vec<Expired<K, V>>) {
-        let hash = self.index.hash(self.arena.key(idx));
-        self.index.remove_index(hash, idx);
         let (id, deadline, payload) = self.arena.remove(idx);
         expired.push(Expired {
             id,
@@ -461,12 +460,9 @@ impl<K: Hash + Eq + Clone, V> TimingWheel<K, V> {
 
     /// Re-inserts every timer of a list taken from a coarser level (or the
     /// overflow) relative to the wheel's new time: cascading.
-    fn relink_list(&mut self, list: TimerList) {
-        let mut idx = list.head;
-        while idx != NIL {
-            let next = self.arena.entry(idx).next;
+    fn relink_list(&mut self, mut walk: Walk) {
+        while let Some(idx) = walk.next(&self.arena) {
             self.link(idx);
-            idx = next;
         }
     }
 
@@ -489,9 +485,11 @@ impl<K: Hash + Eq + Clone, V> TimingWheel<K, V> {
             .chain(std::iter::once(&mut self.due))
             .chain(self.overflow.lists_mut());
         for list in lists {
-            list.head = translate(list.head);
+            for head in list.heads_mut() {
+                *head = translate(*head);
+            }
         }
-        self.index.compact(&self.arena, &remap, target);
+        self.index.compact(&self.arena, target);
     }
 }
 

@@ -1,5 +1,11 @@
-//! A list of timers: the head of an intrusive doubly linked list threaded
-//! through the arena, plus its length and a lower bound on its deadlines.
+//! A list of timers: intrusive doubly linked lists threaded through the
+//! arena, plus the list's length and a lower bound on its deadlines.
+//!
+//! A list is split into `STRIPES` chains by arena index. Walking a linked
+//! list is a chain of dependent loads, one cache miss per entry when the
+//! list is large; walking the stripes round-robin follows independent
+//! chains, so the CPU overlaps their misses. Expiring and cascading are
+//! list walks, so this is what bounds them.
 //!
 //! Invariant: `min` is `<=` every deadline in the list, and equal to the
 //! smallest one when `min_is_exact`. Pushing keeps `min` exact for free.
@@ -9,7 +15,10 @@
 //! is what lets [`TimingWheel::next_deadline`](crate::TimingWheel::next_deadline)
 //! be exact in the common case without ever costing more than O(1) amortised.
 
-use crate::arena::NIL;
+use crate::arena::{Arena, NIL};
+
+/// Independent chains per list.
+pub(crate) const STRIPES: usize = 4;
 
 /// Lists at most this long find their new minimum by scanning when the old
 /// one is unlinked. Short enough that the scan is a few cache lines.
@@ -17,8 +26,9 @@ pub(crate) const RESCAN_LIMIT: u32 = 16;
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct TimerList {
-    /// First entry, or `NIL` when empty.
-    pub(crate) head: u32,
+    /// First entry of each stripe, or `NIL`. Entry `idx` is in stripe
+    /// `idx % STRIPES`.
+    heads: [u32; STRIPES],
     len: u32,
     min: u64,
     min_is_exact: bool,
@@ -27,7 +37,7 @@ pub(crate) struct TimerList {
 impl Default for TimerList {
     fn default() -> Self {
         TimerList {
-            head: NIL,
+            heads: [NIL; STRIPES],
             len: 0,
             min: u64::MAX,
             min_is_exact: true,
@@ -55,9 +65,37 @@ impl TimerList {
         self.min_is_exact
     }
 
-    /// Empties the list, returning what it held (to walk from its head).
-    pub(crate) fn take(&mut self) -> TimerList {
-        std::mem::take(self)
+    /// Empties the list, returning a walk over what it held.
+    pub(crate) fn take(&mut self) -> Walk {
+        let list = std::mem::take(self);
+        Walk {
+            cursors: list.heads,
+            turn: 0,
+            remaining: list.len,
+        }
+    }
+
+    /// A walk over the list's entries; the list must not change meanwhile.
+    pub(crate) fn walk(&self) -> Walk {
+        Walk {
+            cursors: self.heads,
+            turn: 0,
+            remaining: self.len,
+        }
+    }
+
+    /// The head of the stripe entry `idx` belongs to.
+    pub(crate) fn head_mut(&mut self, idx: u32) -> &mut u32 {
+        &mut self.heads[idx as usize % STRIPES]
+    }
+
+    pub(crate) fn heads_mut(&mut self) -> &mut [u32; STRIPES] {
+        &mut self.heads
+    }
+
+    #[cfg(test)]
+    pub(crate) fn heads(&self) -> &[u32; STRIPES] {
+        &self.heads
     }
 
     /// Bookkeeping for an entry with `deadline` just linked in.
@@ -88,5 +126,38 @@ impl TimerList {
     pub(crate) fn set_exact_min(&mut self, min: u64) {
         self.min = min;
         self.min_is_exact = true;
+    }
+}
+
+/// Visits a list's entries, taking one from each stripe in turn (see the
+/// module comment). Not an `Iterator`: callers relink or free each entry
+/// while walking, so the arena is passed in per step, and each entry's
+/// successor is read before the entry is handed out.
+pub(crate) struct Walk {
+    cursors: [u32; STRIPES],
+    turn: usize,
+    remaining: u32,
+}
+
+impl Walk {
+    pub(crate) fn len(&self) -> usize {
+        self.remaining as usize
+    }
+
+    pub(crate) fn next<K, V>(&mut self, arena: &Arena<K, V>) -> Option<u32> {
+        if self.remaining == 0 {
+            return None;
+        }
+        // `remaining > 0` means some cursor is not NIL: at most STRIPES turns.
+        loop {
+            let stripe = self.turn;
+            self.turn = (self.turn + 1) % STRIPES;
+            let idx = self.cursors[stripe];
+            if idx != NIL {
+                self.cursors[stripe] = arena.entry(idx).next;
+                self.remaining -= 1;
+                return Some(idx);
+            }
+        }
     }
 }

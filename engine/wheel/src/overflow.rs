@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use crate::arena::Arena;
 use crate::level::WHEEL_BITS;
-use crate::list::TimerList;
+use crate::list::{TimerList, Walk};
 
 pub(crate) fn epoch_of(deadline: u64) -> u64 {
     deadline >> WHEEL_BITS
@@ -46,12 +46,14 @@ impl Overflow {
 
     /// The earliest epoch and its list.
     pub(crate) fn first(&self) -> Option<(u64, &TimerList)> {
-        self.epochs.first_key_value().map(|(&epoch, list)| (epoch, list))
+        self.epochs
+            .first_key_value()
+            .map(|(&epoch, list)| (epoch, list))
     }
 
-    /// Removes the earliest epoch, returning its list.
-    pub(crate) fn pop_first(&mut self) -> Option<TimerList> {
-        self.epochs.pop_first().map(|(_, list)| list)
+    /// Removes the earliest epoch, returning a walk over its timers.
+    pub(crate) fn pop_first(&mut self) -> Option<Walk> {
+        self.epochs.pop_first().map(|(_, mut list)| list.take())
     }
 
     pub(crate) fn lists_mut(&mut self) -> impl Iterator<Item = &mut TimerList> {

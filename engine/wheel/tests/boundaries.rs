@@ -6,7 +6,10 @@ use chime_wheel::{Expired, TimingWheel};
 const NOW: u64 = 1_700_000_000_000;
 const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
 
-fn advance<K: std::hash::Hash + Eq + Clone, V>(wheel: &mut TimingWheel<K, V>, now: u64) -> Vec<Expired<K, V>> {
+fn advance<K: std::hash::Hash + Eq + Clone, V>(
+    wheel: &mut TimingWheel<K, V>,
+    now: u64,
+) -> Vec<Expired<K, V>> {
     let mut expired = Vec::new();
     wheel.advance(now, &mut expired);
     expired
@@ -90,11 +93,17 @@ fn reschedule_moves_the_deadline_and_replaces_the_payload() {
     assert_eq!(wheel.len(), 1);
     assert_eq!(wheel.get(&"a"), Some((NOW + 50_000, &"later")));
     assert!(advance(&mut wheel, NOW + 49_999).is_empty());
-    assert_eq!(wheel.schedule("a", NOW + 49_999 + 2, "sooner"), Some("later"));
+    assert_eq!(
+        wheel.schedule("a", NOW + 49_999 + 2, "sooner"),
+        Some("later")
+    );
     assert_eq!(wheel.next_deadline(), Some(NOW + 50_001));
     let expired = advance(&mut wheel, NOW + 60_000);
     assert_eq!(expired.len(), 1);
-    assert_eq!((expired[0].deadline, expired[0].payload), (NOW + 50_001, "sooner"));
+    assert_eq!(
+        (expired[0].deadline, expired[0].payload),
+        (NOW + 50_001, "sooner")
+    );
     // Same deadline, new payload.
     wheel.schedule("b", NOW + 70_000, "x");
     assert_eq!(wheel.schedule("b", NOW + 70_000, "y"), Some("x"));
@@ -117,7 +126,10 @@ fn big_jump_expires_a_year_of_timers_in_one_advance_in_order() {
     deadlines.sort_unstable();
     // Walking 3e10 milliseconds one by one would not finish; this must.
     let expired = advance(&mut wheel, NOW + YEAR_MS);
-    assert_eq!(expired.iter().map(|e| e.deadline).collect::<Vec<_>>(), deadlines);
+    assert_eq!(
+        expired.iter().map(|e| e.deadline).collect::<Vec<_>>(),
+        deadlines
+    );
     assert!(wheel.is_empty());
     assert_eq!(wheel.now(), NOW + YEAR_MS);
 }
@@ -153,7 +165,10 @@ fn timers_at_level_boundaries_fire_on_time() {
     }
     for (id, &deadline) in boundaries.iter().enumerate() {
         assert_eq!(wheel.next_deadline(), Some(deadline));
-        assert!(advance(&mut wheel, deadline - 1).is_empty(), "early at {deadline}");
+        assert!(
+            advance(&mut wheel, deadline - 1).is_empty(),
+            "early at {deadline}"
+        );
         let expired = advance(&mut wheel, deadline);
         assert_eq!(ids(&expired), [id], "deadline {deadline}");
     }
@@ -235,7 +250,11 @@ fn shrinking_releases_memory() {
     for id in 1_000..100_000u64 {
         wheel.cancel(&id);
     }
-    assert!(wheel.capacity() <= 4 * 1_000, "capacity {} after cancel", wheel.capacity());
+    assert!(
+        wheel.capacity() <= 4 * 1_000,
+        "capacity {} after cancel",
+        wheel.capacity()
+    );
     for id in 0..1_000u64 {
         assert_eq!(wheel.get(&id), Some((NOW + id, &())));
     }
@@ -245,7 +264,11 @@ fn shrinking_releases_memory() {
     }
     assert!(wheel.capacity() >= 100_000);
     assert_eq!(advance(&mut wheel, NOW + 99_989).len(), 99_990);
-    assert!(wheel.capacity() <= 64, "capacity {} after expiry", wheel.capacity());
+    assert!(
+        wheel.capacity() <= 64,
+        "capacity {} after expiry",
+        wheel.capacity()
+    );
     assert_eq!(advance(&mut wheel, u64::MAX).len(), 10);
 }
 
@@ -256,7 +279,10 @@ fn iter_lists_every_pending_timer() {
     wheel.schedule(2, 1 << 45, "b");
     wheel.schedule(3, 7, "c");
     wheel.cancel(&3);
-    let mut listed: Vec<_> = wheel.iter().map(|(&id, deadline, &p)| (id, deadline, p)).collect();
+    let mut listed: Vec<_> = wheel
+        .iter()
+        .map(|(&id, deadline, &p)| (id, deadline, p))
+        .collect();
     listed.sort_unstable();
     assert_eq!(listed, [(1, 5, "a"), (2, 1 << 45, "b")]);
 }
@@ -265,7 +291,10 @@ fn iter_lists_every_pending_timer() {
 fn engine_key_and_payload_types_work() {
     let mut by_string: TimingWheel<String, Bytes> = TimingWheel::new(NOW);
     by_string.schedule("timer-1".to_owned(), NOW + 1, Bytes::from_static(b"record"));
-    assert_eq!(by_string.get(&"timer-1".to_owned()).map(|(d, _)| d), Some(NOW + 1));
+    assert_eq!(
+        by_string.get(&"timer-1".to_owned()).map(|(d, _)| d),
+        Some(NOW + 1)
+    );
     let mut by_bytes: TimingWheel<Bytes, Bytes> = TimingWheel::new(NOW);
     by_bytes.schedule(Bytes::from_static(b"k"), NOW + 1, Bytes::from_static(b"v"));
     let expired = advance(&mut by_bytes, NOW + 1);

@@ -64,7 +64,10 @@ enum When {
     /// `now + offset`, saturating; negative offsets are in the past.
     Offset(i64),
     /// Next multiple of `64^level` after now, plus a small delta.
-    Boundary { level: u32, delta: i8 },
+    Boundary {
+        level: u32,
+        delta: i8,
+    },
     Absolute(u64),
     FromMax(u16),
     /// The wheel's own `next_deadline` (or now, if empty).
@@ -145,12 +148,24 @@ fn check_pending(wheel: &TimingWheel<u8, u32>, model: &Model) -> Result<(), Test
     prop_assert_eq!(wheel.is_empty(), model.by_id.is_empty());
     prop_assert_eq!(wheel.now(), model.now);
     for id in 0..IDS {
-        let expected = model.by_id.get(&id).map(|&(deadline, payload)| (deadline, payload));
-        prop_assert_eq!(wheel.get(&id).map(|(d, &p)| (d, p)), expected, "get({})", id);
+        let expected = model
+            .by_id
+            .get(&id)
+            .map(|&(deadline, payload)| (deadline, payload));
+        prop_assert_eq!(
+            wheel.get(&id).map(|(d, &p)| (d, p)),
+            expected,
+            "get({})",
+            id
+        );
     }
     let mut listed: Vec<(u8, u64, u32)> = wheel.iter().map(|(&id, d, &p)| (id, d, p)).collect();
     listed.sort_unstable();
-    let mut expected: Vec<(u8, u64, u32)> = model.by_id.iter().map(|(&id, &(d, p))| (id, d, p)).collect();
+    let mut expected: Vec<(u8, u64, u32)> = model
+        .by_id
+        .iter()
+        .map(|(&id, &(d, p))| (id, d, p))
+        .collect();
     expected.sort_unstable();
     prop_assert_eq!(listed, expected);
 
@@ -158,8 +173,14 @@ fn check_pending(wheel: &TimingWheel<u8, u32>, model: &Model) -> Result<(), Test
     match model.earliest() {
         None => prop_assert_eq!(next, None),
         Some(earliest) => {
-            let next = next.ok_or_else(|| TestCaseError::fail("next_deadline None while pending"))?;
-            prop_assert!(next <= earliest, "next_deadline {} after earliest {}", next, earliest);
+            let next =
+                next.ok_or_else(|| TestCaseError::fail("next_deadline None while pending"))?;
+            prop_assert!(
+                next <= earliest,
+                "next_deadline {} after earliest {}",
+                next,
+                earliest
+            );
             if model.by_id.len() <= EXACT_UP_TO {
                 prop_assert_eq!(next, earliest, "next_deadline not exact");
             }
@@ -179,7 +200,10 @@ fn run(start: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
         match op {
             Op::Schedule { id, at, payload } => {
                 let deadline = at.resolve(wheel.now(), wheel.next_deadline());
-                prop_assert_eq!(wheel.schedule(id, deadline, payload), model.schedule(id, deadline, payload));
+                prop_assert_eq!(
+                    wheel.schedule(id, deadline, payload),
+                    model.schedule(id, deadline, payload)
+                );
             }
             Op::Cancel { id } => {
                 prop_assert_eq!(wheel.cancel(&id), model.cancel(id));
@@ -189,9 +213,20 @@ fn run(start: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 expired.clear();
                 wheel.advance(now, &mut expired);
                 let deadlines: Vec<u64> = expired.iter().map(|e| e.deadline).collect();
-                prop_assert!(deadlines.windows(2).all(|w| w[0] <= w[1]), "out of order: {:?}", deadlines);
-                prop_assert!(deadlines.iter().all(|&d| d <= now), "expired a timer due after {}", now);
-                let mut got: Vec<(u64, u8, u32)> = expired.iter().map(|e| (e.deadline, e.id, e.payload)).collect();
+                prop_assert!(
+                    deadlines.windows(2).all(|w| w[0] <= w[1]),
+                    "out of order: {:?}",
+                    deadlines
+                );
+                prop_assert!(
+                    deadlines.iter().all(|&d| d <= now),
+                    "expired a timer due after {}",
+                    now
+                );
+                let mut got: Vec<(u64, u8, u32)> = expired
+                    .iter()
+                    .map(|e| (e.deadline, e.id, e.payload))
+                    .collect();
                 got.sort_unstable();
                 prop_assert_eq!(got, model.advance(now));
             }
