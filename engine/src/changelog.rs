@@ -14,23 +14,25 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
-use chime_wire::record::HEADER_FIRE_AT_MS;
+use chime_wire::record::{HEADER_FIRE_AT_MS, HEADER_OUTCOME, OUTCOME_CANCELLED, OUTCOME_FIRED};
 use chime_wire::TimerCommand;
 
 use crate::partition::TimerWheel;
+use crate::status::{Finish, FinishedTimers};
 use crate::EngineConfig;
 
 /// Reads changelog `partitions` from the beginning to their end (the last
 /// stable offset: an earlier owner's unfinished transaction is not read) and
-/// returns each partition's pending timers as a wheel starting at `now`.
+/// returns each partition's pending timers as a wheel starting at `now`, and
+/// the timers that fired or were cancelled within the status retention.
 pub fn load(
     config: &EngineConfig,
     partitions: &[i32],
     now: u64,
-) -> anyhow::Result<HashMap<i32, TimerWheel>> {
-    let mut wheels: HashMap<i32, TimerWheel> = partitions
+) -> anyhow::Result<HashMap<i32, (TimerWheel, FinishedTimers)>> {
+    let mut wheels: HashMap<i32, (TimerWheel, FinishedTimers)> = partitions
         .iter()
-        .map(|&p| (p, TimerWheel::new(now)))
+        .map(|&p| (p, (TimerWheel::new(now), config.finished_timers())))
         .collect();
     if partitions.is_empty() {
         return Ok(wheels);
@@ -69,7 +71,7 @@ pub fn load(
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(m)) => {
                 records += 1;
-                let Some(wheel) = wheels.get_mut(&m.partition()) else {
+                let Some((wheel, finished)) = wheels.get_mut(&m.partition()) else {
                     continue;
                 };
                 let Some(id) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
@@ -79,6 +81,9 @@ pub fn load(
                 match m.payload() {
                     None => {
                         wheel.cancel(&Bytes::copy_from_slice(id.as_bytes()));
+                        if let Some(finish) = tombstone_finish(&m) {
+                            finished.record(id.as_bytes(), finish);
+                        }
                     }
                     Some(value) => match fire_at(&m, value) {
                         Some(at) => {
@@ -87,6 +92,7 @@ pub fn load(
                                 at,
                                 Bytes::copy_from_slice(value),
                             );
+                            finished.forget(id.as_bytes());
                         }
                         None => tracing::warn!(offset = m.offset(), "undecodable changelog record"),
                     },
@@ -94,7 +100,10 @@ pub fn load(
             }
         }
     }
-    let pending: usize = wheels.values().map(|w| w.len()).sum();
+    for (_, finished) in wheels.values_mut() {
+        finished.expire(now);
+    }
+    let pending: usize = wheels.values().map(|(w, _)| w.len()).sum();
     tracing::info!(
         ?partitions,
         records,
@@ -105,15 +114,30 @@ pub fn load(
     Ok(wheels)
 }
 
+fn header<'a, M: Message>(m: &'a M, name: &str) -> Option<&'a str> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// How a tombstone's timer finished, from its headers and timestamp.
+fn tombstone_finish<M: Message>(m: &M) -> Option<Finish> {
+    let at = m.timestamp().to_millis().and_then(|t| u64::try_from(t).ok())?;
+    match header(m, HEADER_OUTCOME)? {
+        OUTCOME_FIRED => Some(Finish::Fired {
+            fire_at_ms: header(m, HEADER_FIRE_AT_MS)?.parse().ok()?,
+            fired_at_ms: at,
+        }),
+        OUTCOME_CANCELLED => Some(Finish::Cancelled { cancelled_at_ms: at }),
+        _ => None,
+    }
+}
+
 /// The due time of a pending record: from its header, else from its JSON.
 fn fire_at<M: Message>(m: &M, value: &[u8]) -> Option<u64> {
-    let from_header = m.headers().and_then(|hs| {
-        hs.iter()
-            .find(|h| h.key == HEADER_FIRE_AT_MS)
-            .and_then(|h| h.value)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|s| s.parse().ok())
-    });
+    let from_header = header(m, HEADER_FIRE_AT_MS).and_then(|s| s.parse().ok());
     from_header.or_else(
         || match serde_json::from_slice::<TimerCommand>(value).ok()? {
             TimerCommand::Schedule(spec) => Some(spec.fire_at_ms),

@@ -6,9 +6,11 @@
 
 pub mod changelog;
 pub mod group;
-mod interim_wheel;
 pub mod owner;
 pub mod partition;
+pub mod status;
+
+pub use status::{EngineStatus, TimerStatus};
 
 use std::time::Duration;
 
@@ -37,6 +39,10 @@ pub struct EngineConfig {
     pub transaction_timeout: Duration,
     /// Longest a changelog rebuild may take before the engine gives up.
     pub rebuild_timeout: Duration,
+    /// How long fired and cancelled timers are remembered for status questions.
+    pub finished_retention: Duration,
+    /// At most this many finished timers are remembered per partition.
+    pub finished_max_per_partition: usize,
 }
 
 impl EngineConfig {
@@ -51,6 +57,8 @@ impl EngineConfig {
             session_timeout: Duration::from_secs(10),
             transaction_timeout: Duration::from_secs(10),
             rebuild_timeout: Duration::from_secs(300),
+            finished_retention: Duration::from_secs(3600),
+            finished_max_per_partition: 500_000,
         }
     }
 
@@ -58,17 +66,33 @@ impl EngineConfig {
         format!("chime-engine-{}", self.instance_id)
     }
 
+    pub fn finished_timers(&self) -> status::FinishedTimers {
+        status::FinishedTimers::new(
+            self.finished_retention.as_millis() as u64,
+            self.finished_max_per_partition,
+        )
+    }
+
     pub fn transactional_id(&self) -> String {
         format!("{}-{}", self.group_id, self.instance_id)
     }
 }
 
-/// Runs an engine on the calling thread until `shutdown`, then leaves the group.
-pub fn run(config: EngineConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    owner::Owner::new(config)?.run(shutdown)
+/// Runs an engine on the calling thread until `shutdown`, then leaves the
+/// group. `status` is updated as partitions load, fire and move.
+pub fn run(
+    config: EngineConfig,
+    status: EngineStatus,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    owner::Owner::new(config, status)?.run(shutdown)
 }
 
 /// Runs an engine on a blocking thread of the tokio runtime.
-pub async fn serve(config: EngineConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(move || run(config, shutdown)).await?
+pub async fn serve(
+    config: EngineConfig,
+    status: EngineStatus,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || run(config, status, shutdown)).await?
 }

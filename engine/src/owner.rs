@@ -18,7 +18,7 @@
 //! a fresh assignment, so whatever the failed transaction would have fired fires
 //! in a later one.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,14 +31,16 @@ use tokio_util::sync::CancellationToken;
 
 use chime_wire::record::{
     lossy, DeadLetter, HEADER_FIRED_AT_MS, HEADER_FIRE_AT_MS, HEADER_LATENESS_MS,
+    HEADER_OUTCOME, OUTCOME_CANCELLED, OUTCOME_FIRED,
 };
 use chime_wire::time::now_ms;
 use chime_wire::TimerCommand;
 
 use crate::changelog;
 use crate::group::{GroupContext, GroupEvent};
-use crate::interim_wheel::Expired;
 use crate::partition::PartitionState;
+use crate::status::{EngineStatus, Finish};
+use chime_wheel::Expired;
 use crate::EngineConfig;
 
 /// Most input records applied in one transaction.
@@ -60,13 +62,14 @@ pub struct Owner {
     config: EngineConfig,
     consumer: BaseConsumer<GroupContext>,
     producer: BaseProducer,
-    partitions: HashMap<i32, PartitionState>,
+    /// Owned partitions, shared with status readers.
+    status: EngineStatus,
     inbox: Vec<InputRecord>,
     expired: Vec<Expired<Bytes, Bytes>>,
 }
 
 impl Owner {
-    pub fn new(config: EngineConfig) -> anyhow::Result<Self> {
+    pub fn new(config: EngineConfig, status: EngineStatus) -> anyhow::Result<Self> {
         let consumer: BaseConsumer<GroupContext> = chime_wire::kafka::consumer_config(
             &config.bootstrap,
             &config.client_id(),
@@ -90,7 +93,7 @@ impl Owner {
             config,
             consumer,
             producer,
-            partitions: HashMap::new(),
+            status,
             inbox: Vec::new(),
             expired: Vec::new(),
         })
@@ -149,7 +152,9 @@ impl Owner {
     /// When the earliest pending timer (less the lead) is due, if any.
     fn next_due_instant(&self, now: Instant) -> Option<Instant> {
         let earliest = self
-            .partitions
+            .status
+            .lock()
+            .live
             .values()
             .filter_map(|p| p.wheel.next_deadline())
             .min()?;
@@ -162,12 +167,18 @@ impl Owner {
         for event in self.consumer.context().take_events() {
             match event {
                 GroupEvent::Revoked(parts) => {
+                    let mut owned = self.status.lock();
                     for p in &parts {
-                        self.partitions.remove(p);
+                        owned.live.remove(p);
+                        owned.loading.remove(p);
                     }
+                    drop(owned);
                     self.inbox.retain(|r| !parts.contains(&r.partition));
                 }
-                GroupEvent::Assigned(parts) => self.load(&parts, false)?,
+                GroupEvent::Assigned(parts) => {
+                    self.status.lock().joined = true;
+                    self.load(&parts, false)?
+                }
             }
         }
         Ok(())
@@ -187,8 +198,9 @@ impl Owner {
         for &p in parts {
             tpl.add_partition(topic, p);
         }
+        self.status.lock().loading.extend(parts.iter().copied());
         let committed = self.consumer.committed_offsets(tpl, KAFKA_TIMEOUT)?;
-        let mut wheels = changelog::load(&self.config, parts, now_ms())?;
+        let mut rebuilt = changelog::load(&self.config, parts, now_ms())?;
         for &p in parts {
             let next_offset = match committed.find_partition(topic, p).map(|e| e.offset()) {
                 Some(Offset::Offset(o)) => Some(o),
@@ -198,17 +210,20 @@ impl Owner {
                 let from = next_offset.map_or(Offset::Beginning, Offset::Offset);
                 self.consumer.seek(topic, p, from, KAFKA_TIMEOUT)?;
             }
-            let wheel = wheels
+            let (wheel, finished) = rebuilt
                 .remove(&p)
                 .ok_or_else(|| anyhow::anyhow!("changelog load lost partition {p}"))?;
-            tracing::info!(
-                partition = p,
-                ?next_offset,
-                pending = wheel.len(),
-                "partition live"
+            tracing::info!(partition = p, ?next_offset, pending = wheel.len(), "partition live");
+            let mut owned = self.status.lock();
+            owned.loading.remove(&p);
+            owned.live.insert(
+                p,
+                PartitionState {
+                    wheel,
+                    next_offset,
+                    finished,
+                },
             );
-            self.partitions
-                .insert(p, PartitionState { wheel, next_offset });
         }
         Ok(())
     }
@@ -218,8 +233,10 @@ impl Owner {
         let now = now_ms();
         let mut touched = BTreeSet::new();
         let mut txn = TxnState::Idle;
+        let status = self.status.clone();
+        let mut owned = status.lock();
         for rec in std::mem::take(&mut self.inbox) {
-            let Some(state) = self.partitions.get_mut(&rec.partition) else {
+            let Some(state) = owned.live.get_mut(&rec.partition) else {
                 continue; // revoked while waiting in the inbox
             };
             if state.next_offset.is_some_and(|next| rec.offset < next) {
@@ -231,7 +248,8 @@ impl Owner {
             touched.insert(rec.partition);
         }
         let fire_until = now.saturating_add(self.config.lead.as_millis() as u64);
-        for (&p, state) in self.partitions.iter_mut() {
+        for (&p, state) in owned.live.iter_mut() {
+            state.finished.expire(now);
             self.expired.clear();
             state.wheel.advance(fire_until, &mut self.expired);
             if self.expired.is_empty() {
@@ -240,6 +258,13 @@ impl Owner {
             txn.begin(&self.producer)?;
             touched.insert(p);
             for fire in self.expired.drain(..) {
+                state.finished.record(
+                    &fire.id,
+                    Finish::Fired {
+                        fire_at_ms: fire.deadline,
+                        fired_at_ms: now,
+                    },
+                );
                 emit_fire(&self.config, &self.producer, p, fire, now)?;
             }
         }
@@ -249,7 +274,7 @@ impl Owner {
         let topic = &self.config.topics.timers;
         let mut offsets = TopicPartitionList::new();
         for &p in &touched {
-            let next = match self.partitions[&p].next_offset {
+            let next = match owned.live[&p].next_offset {
                 Some(next) => next,
                 // Fires without any input applied and no committed offset:
                 // commit the start of the partition, which is where it stands.
@@ -257,6 +282,9 @@ impl Owner {
             };
             offsets.add_partition_offset(topic, p, Offset::Offset(next))?;
         }
+        // Status readers may see the new state from here; the transaction
+        // below makes it durable or, failing, triggers a rebuild.
+        drop(owned);
         let group = self
             .consumer
             .group_metadata()
@@ -288,8 +316,12 @@ impl Owner {
             // A record polled here is re-read after the seek below.
         }
         self.apply_group_events()?;
-        let owned: Vec<i32> = self.partitions.keys().copied().collect();
-        self.partitions.clear();
+        let owned: Vec<i32> = {
+            let mut owned = self.status.lock();
+            let parts = owned.live.keys().copied().collect();
+            owned.live.clear();
+            parts
+        };
         self.load(&owned, true)
     }
 
@@ -300,7 +332,7 @@ impl Owner {
         while Instant::now() < deadline {
             let _ = self.consumer.poll(Duration::from_millis(50));
             let _ = self.apply_group_events();
-            if self.partitions.is_empty() {
+            if self.status.lock().live.is_empty() {
                 break;
             }
         }
@@ -357,6 +389,7 @@ fn apply_input(
             state
                 .wheel
                 .schedule(key.clone(), spec.fire_at_ms, value.clone());
+            state.finished.forget(key);
             let at = spec.fire_at_ms.to_string();
             let record = BaseRecord::to(changelog)
                 .partition(rec.partition)
@@ -369,10 +402,20 @@ fn apply_input(
             send(producer, record)
         }
         Ok(TimerCommand::Cancel { id }) => {
-            state.wheel.cancel(&Bytes::copy_from_slice(id.as_bytes()));
+            let key = Bytes::copy_from_slice(id.as_bytes());
+            if state.wheel.cancel(&key).is_none() {
+                return Ok(()); // not pending: fired already, or never seen
+            }
+            state
+                .finished
+                .record(&key, Finish::Cancelled { cancelled_at_ms: now });
             let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(changelog)
                 .partition(rec.partition)
-                .key(id.as_bytes());
+                .key(id.as_bytes())
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: HEADER_OUTCOME,
+                    value: Some(OUTCOME_CANCELLED),
+                }));
             send(producer, record)
         }
         Err(e) => {
@@ -425,9 +468,21 @@ fn emit_fire(
             .payload(&fire.payload[..])
             .headers(headers),
     )?;
+    let fire_at = fire.deadline.to_string();
     let tombstone: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&config.topics.changelog)
         .partition(partition)
-        .key(&fire.id[..]);
+        .key(&fire.id[..])
+        .headers(
+            OwnedHeaders::new()
+                .insert(Header {
+                    key: HEADER_OUTCOME,
+                    value: Some(OUTCOME_FIRED),
+                })
+                .insert(Header {
+                    key: HEADER_FIRE_AT_MS,
+                    value: Some(&fire_at),
+                }),
+        );
     send(producer, tombstone)
 }
 

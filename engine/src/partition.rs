@@ -1,8 +1,9 @@
 //! What the engine keeps for one owned partition of `chime.timers`.
 
 use bytes::Bytes;
+use chime_wheel::TimingWheel;
 
-use crate::interim_wheel::TimingWheel;
+use crate::status::FinishedTimers;
 
 /// Pending timers of one partition: id → (due time, the schedule command's bytes).
 pub type TimerWheel = TimingWheel<Bytes, Bytes>;
@@ -15,4 +16,6 @@ pub struct PartitionState {
     /// transaction commits for the partition. `None` until known: the group
     /// has no committed offset and no record has been applied yet.
     pub next_offset: Option<i64>,
+    /// Recently fired and cancelled timers, for status questions.
+    pub finished: FinishedTimers,
 }

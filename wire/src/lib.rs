@@ -14,5 +14,5 @@ pub mod record;
 pub mod time;
 pub mod topics;
 
-pub use record::{Callback, DeadLetter, TimerCommand, TimerSpec};
+pub use record::{Callback, DeadLetter, RetryPolicy, TimerCommand, TimerSpec};
 pub use topics::Topics;

@@ -21,6 +21,12 @@ pub const HEADER_LATENESS_MS: &str = "chime-lateness-ms";
 /// rebuild need not parse the JSON value.
 pub const HEADER_FIRE_AT_MS: &str = "chime-fire-at-ms";
 
+/// Header on a changelog tombstone: why the timer left (`fired` | `cancelled`);
+/// the tombstone's timestamp says when.
+pub const HEADER_OUTCOME: &str = "chime-outcome";
+pub const OUTCOME_FIRED: &str = "fired";
+pub const OUTCOME_CANCELLED: &str = "cancelled";
+
 /// Longest accepted timer id, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
 
@@ -64,6 +70,56 @@ pub struct TimerSpec {
     /// Delivery attempt this firing is (1 for a fresh timer; retries count up).
     #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
     pub attempt: u32,
+    /// How failed calls are retried; the dispatcher's defaults fill what is absent.
+    #[serde(default, skip_serializing_if = "RetryPolicy::is_default")]
+    pub retry: RetryPolicy,
+    /// On a retry (attempt > 1): the due time of the first attempt, which the
+    /// idempotency key and the retry deadline are derived from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_fire_at_ms: Option<u64>,
+}
+
+/// A timer's retry policy. Every field is optional so the dispatcher's
+/// defaults (documented in docs/receivers.md) apply to what is not given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Most calls made for one firing, the first included (≥ 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Backoff after the first failed attempt; doubles each attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_backoff_ms: Option<u64>,
+    /// Longest backoff between two attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff_ms: Option<u64>,
+    /// No attempt starts later than this long after the first attempt's due time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+}
+
+impl RetryPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == RetryPolicy::default()
+    }
+
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.max_attempts == Some(0) {
+            return Err(FieldError::new(
+                "retry.max_attempts",
+                "must be at least 1 (the first call counts)",
+            ));
+        }
+        if let (Some(initial), Some(max)) = (self.initial_backoff_ms, self.max_backoff_ms) {
+            if initial > max {
+                return Err(FieldError::new(
+                    "retry.initial_backoff_ms",
+                    format!("{initial} is more than retry.max_backoff_ms {max}"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A command on `chime.timers`.
@@ -165,6 +221,7 @@ impl TimerSpec {
         if self.attempt == 0 {
             return Err(FieldError::new("attempt", "counts from 1"));
         }
+        self.retry.validate()?;
         self.callback.validate()
     }
 }
@@ -258,6 +315,8 @@ mod tests {
                 body: "hi".into(),
             },
             attempt: 1,
+            retry: RetryPolicy::default(),
+            first_fire_at_ms: None,
         }
     }
 

@@ -166,25 +166,13 @@ impl<K, V> Arena<K, V> {
 
     /// Moves every occupied slot into a dense prefix of a new allocation with
     /// room for `capacity` entries, so memory held for timers that are gone is
-    /// returned to the allocator. Returns the map from old index to new index
-    /// (`NIL` for vacant slots); the caller must rewrite every index it holds
-    /// (list heads, the id index). Links inside the arena are rewritten here.
-    pub(crate) fn compact(&mut self, capacity: usize) -> Vec<u32> {
+    /// returned to the allocator. Every index changes, so every link is left
+    /// meaningless: the caller must rebuild its lists and the id index.
+    pub(crate) fn compact(&mut self, capacity: usize) {
         let capacity = capacity.max(self.len).max(MIN_CAPACITY);
         let old = std::mem::replace(&mut self.entries, Vec::with_capacity(capacity));
-        let mut remap = vec![NIL; old.len()];
-        for (old_idx, entry) in old.into_iter().enumerate() {
-            if entry.item.is_some() {
-                remap[old_idx] = self.entries.len() as u32;
-                self.entries.push(entry);
-            }
-        }
-        let translate = |idx: u32| if idx == NIL { NIL } else { remap[idx as usize] };
-        for entry in &mut self.entries {
-            entry.prev = translate(entry.prev);
-            entry.next = translate(entry.next);
-        }
+        self.entries
+            .extend(old.into_iter().filter(|entry| entry.item.is_some()));
         self.free_head = NIL;
-        remap
     }
 }

@@ -57,7 +57,7 @@ impl Index {
         key: &K,
     ) -> Entry<'a, u32> {
         if self.table.len() == self.table.capacity() {
-            self.rebuild(arena, (arena.len() * 2).max(MIN_CAPACITY));
+            self.rebuild(arena);
         }
         let hasher = &self.hasher;
         self.table.entry(
@@ -69,12 +69,16 @@ impl Index {
         )
     }
 
-    /// Replaces the table by one with room for `capacity` ids, holding the
-    /// pending timers only, filled by walking the arena in order. (hashbrown's
-    /// own resize would fetch each id from the arena in hash order, a cache
-    /// miss per timer; in arena order the reads are sequential.)
-    fn rebuild<K: Hash, V>(&mut self, arena: &Arena<K, V>, capacity: usize) {
-        let mut table = HashTable::with_capacity(capacity.max(arena.len()));
+    /// Replaces the table by one holding the pending timers only, filled by
+    /// walking the arena in order. (hashbrown's own resize would fetch each
+    /// id from the arena in hash order, a cache miss per timer; in arena
+    /// order the reads are sequential.) Room is at least half the pending
+    /// count again, rounded up by hashbrown to a power-of-two bucket count:
+    /// doubling when the table filled with pending timers, staying the same
+    /// size when it filled with stale ones.
+    fn rebuild<K: Hash, V>(&mut self, arena: &Arena<K, V>) {
+        let pending = arena.len();
+        let mut table = HashTable::with_capacity((pending + pending / 2).max(MIN_CAPACITY));
         for (idx, key, _, _) in arena.iter() {
             // The capacity covers every pending timer, so this never rehashes.
             table.insert_unique(self.hasher.hash_one(key), idx, |_| 0);
@@ -93,9 +97,9 @@ impl Index {
     }
 
     /// Rebuilds the table for a freshly compacted arena (whose indices all
-    /// changed), sized for `capacity` ids.
-    pub(crate) fn compact<K: Hash, V>(&mut self, arena: &Arena<K, V>, capacity: usize) {
-        self.rebuild(arena, capacity);
+    /// changed), which also shrinks it to fit.
+    pub(crate) fn compact<K: Hash, V>(&mut self, arena: &Arena<K, V>) {
+        self.rebuild(arena);
     }
 
     /// Number of indices held, stale ones included.

@@ -88,11 +88,6 @@ impl Level {
         self.slots[slot].take()
     }
 
-    /// Every slot's list, for rewriting heads after the arena is compacted.
-    pub(crate) fn lists_mut(&mut self) -> impl Iterator<Item = &mut TimerList> {
-        self.slots.iter_mut()
-    }
-
     #[cfg(test)]
     pub(crate) fn occupied(&self) -> u64 {
         self.occupied
@@ -123,6 +118,6 @@ mod tests {
         // elapsed in block [4096, 8192) of level 1; slot 3 starts at 4096 + 3*64.
         assert_eq!(level.slot_start(5000, 3), 4096 + 192);
         let top = Level::new(LEVELS - 1);
-        assert_eq!(top.slot_start(u64::MAX, 63), u64::MAX & !((1 << 30) - 1));
+        assert_eq!(top.slot_start(u64::MAX, 63), !((1u64 << 30) - 1));
     }
 }

@@ -50,6 +50,7 @@ impl TimerList {
         self.len == 0
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len as usize
     }
@@ -87,10 +88,6 @@ impl TimerList {
     /// The head of the stripe entry `idx` belongs to.
     pub(crate) fn head_mut(&mut self, idx: u32) -> &mut u32 {
         &mut self.heads[idx as usize % STRIPES]
-    }
-
-    pub(crate) fn heads_mut(&mut self) -> &mut [u32; STRIPES] {
-        &mut self.heads
     }
 
     #[cfg(test)]

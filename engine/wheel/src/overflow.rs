@@ -56,10 +56,6 @@ impl Overflow {
         self.epochs.pop_first().map(|(_, mut list)| list.take())
     }
 
-    pub(crate) fn lists_mut(&mut self) -> impl Iterator<Item = &mut TimerList> {
-        self.epochs.values_mut()
-    }
-
     #[cfg(test)]
     pub(crate) fn lists(&self) -> impl Iterator<Item = (u64, &TimerList)> {
         self.epochs.iter().map(|(&epoch, list)| (epoch, list))

@@ -1,0 +1,221 @@
+//! What an engine can say about a timer: only the owner of a timer's partition
+//! knows its state, so status questions are answered here.
+//!
+//! Pending timers are in the partition's wheel. Fired and cancelled timers are
+//! remembered for a bounded time ([`FinishedTimers`]) in compact form (a 64-bit
+//! hash of the id, not the id), and are rebuilt from changelog tombstones on
+//! assignment, so a new owner answers like the old one did.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::Hasher;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use crate::partition::PartitionState;
+
+/// A timer's state as its owning engine knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimerStatus {
+    /// This engine does not own the timer's partition.
+    NotOwned,
+    /// The partition is being rebuilt; ask again shortly.
+    Loading,
+    /// Owned and live, but never seen or already forgotten.
+    Unknown,
+    /// Waiting for its time; `spec` is the schedule command's JSON.
+    Pending { fire_at_ms: u64, spec: Bytes },
+    /// Fired (emitted into the fires topic) at `fired_at_ms`.
+    Fired { fire_at_ms: u64, fired_at_ms: u64 },
+    /// Cancelled at `cancelled_at_ms`.
+    Cancelled { cancelled_at_ms: u64 },
+}
+
+/// How a timer left the wheel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    Fired { fire_at_ms: u64, fired_at_ms: u64 },
+    Cancelled { cancelled_at_ms: u64 },
+}
+
+impl Finish {
+    fn at_ms(&self) -> u64 {
+        match *self {
+            Finish::Fired { fired_at_ms, .. } => fired_at_ms,
+            Finish::Cancelled { cancelled_at_ms } => cancelled_at_ms,
+        }
+    }
+}
+
+/// Recently fired or cancelled timers of one partition, forgotten after
+/// `retention_ms` or beyond `max_entries` (oldest first).
+#[derive(Debug)]
+pub struct FinishedTimers {
+    by_id: HashMap<u64, Finish>,
+    order: VecDeque<(u64, u64)>, // (finished at, id hash), oldest first
+    retention_ms: u64,
+    max_entries: usize,
+}
+
+impl FinishedTimers {
+    pub fn new(retention_ms: u64, max_entries: usize) -> Self {
+        FinishedTimers {
+            by_id: HashMap::new(),
+            order: VecDeque::new(),
+            retention_ms,
+            max_entries,
+        }
+    }
+
+    pub fn record(&mut self, id: &[u8], finish: Finish) {
+        let key = id_hash(id);
+        self.by_id.insert(key, finish);
+        self.order.push_back((finish.at_ms(), key));
+        while self.order.len() > self.max_entries {
+            self.evict_front();
+        }
+    }
+
+    /// Forgets what finished before `now - retention`.
+    pub fn expire(&mut self, now_ms: u64) {
+        let horizon = now_ms.saturating_sub(self.retention_ms);
+        while self.order.front().is_some_and(|&(at, _)| at < horizon) {
+            self.evict_front();
+        }
+        if self.by_id.capacity() > 64 && self.by_id.len() < self.by_id.capacity() / 4 {
+            self.by_id.shrink_to_fit();
+            self.order.shrink_to_fit();
+        }
+    }
+
+    fn evict_front(&mut self) {
+        if let Some((at, key)) = self.order.pop_front() {
+            // A later finish of the same id (re-scheduled, fired again) stays.
+            if self.by_id.get(&key).is_some_and(|f| f.at_ms() == at) {
+                self.by_id.remove(&key);
+            }
+        }
+    }
+
+    /// Forgets `id` (it was scheduled again).
+    pub fn forget(&mut self, id: &[u8]) {
+        self.by_id.remove(&id_hash(id));
+    }
+
+    pub fn get(&self, id: &[u8]) -> Option<Finish> {
+        self.by_id.get(&id_hash(id)).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+fn id_hash(id: &[u8]) -> u64 {
+    // SipHash with fixed keys: the same id always gives the same hash.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write(id);
+    h.finish()
+}
+
+/// The partitions an engine owns, shared between its owner loop (which
+/// mutates them) and status readers (HTTP handlers, metrics).
+#[derive(Default)]
+pub struct OwnedPartitions {
+    pub live: HashMap<i32, PartitionState>,
+    /// Assigned, being rebuilt from the changelog.
+    pub loading: BTreeSet<i32>,
+    /// The engine has received its first assignment from the group.
+    pub joined: bool,
+}
+
+/// A cheap, cloneable handle on an engine's state.
+#[derive(Clone, Default)]
+pub struct EngineStatus {
+    inner: Arc<Mutex<OwnedPartitions>>,
+}
+
+impl EngineStatus {
+    pub fn lock(&self) -> MutexGuard<'_, OwnedPartitions> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state of timer `id`, whose partition (murmur2 of the id) is `partition`.
+    pub fn timer(&self, partition: i32, id: &str) -> TimerStatus {
+        let owned = self.lock();
+        if owned.loading.contains(&partition) {
+            return TimerStatus::Loading;
+        }
+        let Some(state) = owned.live.get(&partition) else {
+            return TimerStatus::NotOwned;
+        };
+        let key = Bytes::copy_from_slice(id.as_bytes());
+        if let Some((fire_at_ms, spec)) = state.wheel.get(&key) {
+            return TimerStatus::Pending {
+                fire_at_ms,
+                spec: spec.clone(),
+            };
+        }
+        match state.finished.get(id.as_bytes()) {
+            Some(Finish::Fired {
+                fire_at_ms,
+                fired_at_ms,
+            }) => TimerStatus::Fired {
+                fire_at_ms,
+                fired_at_ms,
+            },
+            Some(Finish::Cancelled { cancelled_at_ms }) => {
+                TimerStatus::Cancelled { cancelled_at_ms }
+            }
+            None => TimerStatus::Unknown,
+        }
+    }
+
+    /// Joined the group and every owned partition is Live.
+    pub fn is_ready(&self) -> bool {
+        let owned = self.lock();
+        owned.joined && owned.loading.is_empty()
+    }
+
+    /// Pending timers per owned live partition.
+    pub fn pending_per_partition(&self) -> Vec<(i32, usize)> {
+        let owned = self.lock();
+        let mut v: Vec<(i32, usize)> = owned.live.iter().map(|(p, s)| (*p, s.wheel.len())).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_timers_expire_by_age_and_count() {
+        let mut f = FinishedTimers::new(1_000, 3);
+        f.record(b"a", Finish::Cancelled { cancelled_at_ms: 100 });
+        f.record(b"b", Finish::Fired { fire_at_ms: 90, fired_at_ms: 200 });
+        assert_eq!(f.get(b"b"), Some(Finish::Fired { fire_at_ms: 90, fired_at_ms: 200 }));
+        f.expire(1_150);
+        assert_eq!(f.get(b"a"), None, "older than the retention");
+        assert!(f.get(b"b").is_some());
+        f.record(b"c", Finish::Cancelled { cancelled_at_ms: 300 });
+        f.record(b"d", Finish::Cancelled { cancelled_at_ms: 400 });
+        f.record(b"e", Finish::Cancelled { cancelled_at_ms: 500 });
+        assert_eq!(f.len(), 3, "capped at max_entries");
+        assert_eq!(f.get(b"b"), None, "oldest evicted first");
+    }
+
+    #[test]
+    fn a_later_finish_of_the_same_id_survives_eviction_of_the_earlier() {
+        let mut f = FinishedTimers::new(1_000, 10);
+        f.record(b"a", Finish::Fired { fire_at_ms: 1, fired_at_ms: 100 });
+        f.record(b"a", Finish::Fired { fire_at_ms: 500, fired_at_ms: 900 });
+        f.expire(1_200);
+        assert_eq!(f.get(b"a"), Some(Finish::Fired { fire_at_ms: 500, fired_at_ms: 900 }));
+    }
+}
