@@ -52,6 +52,8 @@ enum Role {
     Engine(EngineArgs),
     /// Deliver fired timers as HTTP calls.
     Dispatcher(DispatcherArgs),
+    /// Audit the topics: timers not fired, fired twice, early or after cancel.
+    Check(CheckArgs),
     /// Every role in one process (creates the topics first).
     All {
         #[command(flatten)]
@@ -63,6 +65,21 @@ enum Role {
         #[command(flatten)]
         dispatcher: DispatcherArgs,
     },
+    /// Load-test a chime (or one it spawns): timers per second, lateness, CPU.
+    Bench(chime_benches::load::BenchArgs),
+}
+
+#[derive(Args, Clone)]
+struct CheckArgs {
+    /// Timers due less than this long ago are not yet expected to have fired.
+    #[arg(long, default_value_t = 5000)]
+    grace_ms: u64,
+    /// The engines' lead (CHIME_LEAD_MS): fires this far ahead are not early.
+    #[arg(long, env = "CHIME_LEAD_MS", default_value_t = 0)]
+    lead_ms: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -80,10 +97,27 @@ struct IngestArgs {
     /// Longest wait for Kafka's acknowledgement of a create before answering 503.
     #[arg(long, env = "CHIME_ACK_TIMEOUT_MS", default_value_t = 5000)]
     ack_timeout_ms: u64,
+    /// API keys, comma separated; when set, /v1 and original-API requests need
+    /// `Authorization: Bearer <key>`.
+    #[arg(long, env = "CHIME_API_KEYS", default_value = "", hide_env_values = true)]
+    api_keys: String,
+    /// Most timers in one `POST /v1/timers/batch`.
+    #[arg(long, env = "CHIME_MAX_BATCH", default_value_t = 1000)]
+    max_batch: usize,
+    /// Most headers in one request (413 above it).
+    #[arg(long, env = "CHIME_MAX_HEADERS", default_value_t = 64)]
+    max_headers: usize,
 }
 
 #[derive(Args, Clone)]
 struct EngineArgs {
+    /// Address of the engine's internal status endpoint (port 0: any free port).
+    #[arg(long, env = "CHIME_ENGINE_STATUS_LISTEN", default_value = "127.0.0.1:0")]
+    status_listen: SocketAddr,
+    /// Address ingest should use to reach the status endpoint (default: the
+    /// bound address; set it when listening on 0.0.0.0).
+    #[arg(long, env = "CHIME_ENGINE_STATUS_ADVERTISE")]
+    status_advertise: Option<String>,
     /// Stable name of this engine instance (default: random). Reuse it on restart.
     #[arg(long, env = "CHIME_INSTANCE_ID")]
     instance_id: Option<String>,
@@ -106,12 +140,48 @@ struct DispatcherArgs {
     /// Deadline of one HTTP call.
     #[arg(long, env = "CHIME_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     request_timeout_ms: u64,
+    /// HTTP calls in flight at once to one destination (scheme, host, port).
+    #[arg(long, env = "CHIME_MAX_IN_FLIGHT_PER_HOST", default_value_t = 64)]
+    max_in_flight_per_host: usize,
+    /// Unfinished fire records per partition before it is paused.
+    #[arg(long, env = "CHIME_MAX_IN_FLIGHT_PER_PARTITION", default_value_t = 1000)]
+    max_in_flight_per_partition: usize,
+    /// Retry backoffs shorter than this wait in place; longer ones become timers.
+    #[arg(long, env = "CHIME_RETRY_IN_PLACE_BELOW_MS", default_value_t = 1000)]
+    retry_in_place_below_ms: u64,
+    /// Non-public callback networks allowed anyway: CIDRs, comma-separated.
+    #[arg(long, env = "CHIME_CALLBACK_ALLOW", default_value = "", value_parser = parse_callback_allow)]
+    callback_allow: chime_dispatcher::address::AddressPolicy,
+    /// Secret for the chime-signature header (HMAC-SHA256); unsigned without it.
+    #[arg(long, env = "CHIME_SIGNING_SECRET", hide_env_values = true)]
+    signing_secret: Option<String>,
+    /// How long in-flight calls may finish after SIGTERM.
+    #[arg(long, env = "CHIME_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    shutdown_grace_ms: u64,
+    /// Consumer-group session timeout: how soon a dead dispatcher's partitions move.
+    #[arg(long, env = "CHIME_DISPATCHER_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    dispatcher_session_timeout_ms: u64,
+}
+
+fn parse_callback_allow(list: &str) -> Result<chime_dispatcher::address::AddressPolicy, String> {
+    chime_dispatcher::address::AddressPolicy::parse_allow(list)
+        .map(|allow| chime_dispatcher::address::AddressPolicy { allow })
+        .map_err(|e| e.to_string())
 }
 
 impl IngestArgs {
     fn config(&self, k: &KafkaArgs) -> IngestConfig {
         let mut c = IngestConfig::new(&k.bootstrap, &k.topic_prefix);
         c.ack_timeout = Duration::from_millis(self.ack_timeout_ms);
+        c.api_keys = self
+            .api_keys
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_string)
+            .collect();
+        c.max_batch = self.max_batch;
+        c.max_headers = self.max_headers;
         c
     }
 }
@@ -134,6 +204,17 @@ impl DispatcherArgs {
         let mut c = DispatcherConfig::new(&k.bootstrap, &k.topic_prefix);
         c.max_in_flight = self.max_in_flight;
         c.request_timeout = Duration::from_millis(self.request_timeout_ms);
+        c.max_in_flight_per_host = self.max_in_flight_per_host;
+        c.max_in_flight_per_partition = self.max_in_flight_per_partition;
+        c.wait_in_place_below = Duration::from_millis(self.retry_in_place_below_ms);
+        c.addresses = self.callback_allow.clone();
+        c.signing_secret = self
+            .signing_secret
+            .as_ref()
+            .filter(|s| !s.is_empty())
+            .map(|s| chime_dispatcher::signing::SigningSecret(s.as_bytes().to_vec()));
+        c.shutdown_grace = Duration::from_millis(self.shutdown_grace_ms);
+        c.session_timeout = Duration::from_millis(self.dispatcher_session_timeout_ms);
         c
     }
 }
@@ -185,9 +266,28 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 async fn main() -> anyhow::Result<()> {
     init_logging();
     let cli = Cli::parse();
+    chime_ingest::metrics::recorder(); // the process's one metrics recorder
     let k = &cli.kafka;
     let shutdown = shutdown_on_signal();
     match &cli.role {
+        Role::Bench(a) => {
+            chime_benches::load::main(a.clone(), &k.bootstrap, &k.topic_prefix, shutdown).await
+        }
+        Role::Check(a) => {
+            let mut config = chime_engine::checker::CheckConfig::new(&k.bootstrap, &k.topic_prefix);
+            config.grace = Duration::from_millis(a.grace_ms);
+            config.lead = Duration::from_millis(a.lead_ms);
+            let report = tokio::task::spawn_blocking(move || chime_engine::checker::check(&config)).await??;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            if !report.is_clean() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Role::Topics(t) => {
             chime_wire::kafka::create_topics(
                 &k.bootstrap,
@@ -197,7 +297,7 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Role::Ingest(a) => chime_ingest::serve(bind(a.listen).await?, a.config(k), shutdown).await,
-        Role::Engine(a) => chime_engine::serve(a.config(k), shutdown).await,
+        Role::Engine(a) => run_engine(a, k, Default::default(), shutdown).await,
         Role::Dispatcher(a) => chime_dispatcher::serve(a.config(k), shutdown).await,
         Role::All {
             topics,
@@ -212,14 +312,21 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             let listener = bind(ingest.listen).await?;
+            // Ingest answers status questions for this engine's partitions in-process.
+            let engine_status = chime_engine::EngineStatus::default();
             // If any role stops (or fails), stop them all.
             let roles = tokio::try_join!(
                 stop_all_on_exit(
-                    chime_ingest::serve(listener, ingest.config(k), shutdown.clone()),
+                    chime_ingest::serve_with_engine(
+                        listener,
+                        ingest.config(k),
+                        Some(engine_status.clone()),
+                        shutdown.clone()
+                    ),
                     &shutdown
                 ),
                 stop_all_on_exit(
-                    chime_engine::serve(engine.config(k), shutdown.clone()),
+                    run_engine(engine, k, engine_status.clone(), shutdown.clone()),
                     &shutdown
                 ),
                 stop_all_on_exit(
@@ -230,6 +337,46 @@ async fn main() -> anyhow::Result<()> {
             roles.map(|_| ())
         }
     }
+}
+
+/// Runs an engine with its internal status endpoint, whose address it
+/// advertises through the consumer group for ingest to find.
+async fn run_engine(
+    args: &EngineArgs,
+    k: &KafkaArgs,
+    status: chime_engine::EngineStatus,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = bind(args.status_listen).await?;
+    let bound = listener.local_addr()?;
+    let advertised = match &args.status_advertise {
+        Some(address) => address.clone(),
+        None => {
+            if bound.ip().is_unspecified() {
+                tracing::warn!(%bound, "engine status endpoint on an unspecified address; set CHIME_ENGINE_STATUS_ADVERTISE so ingest can reach it");
+            }
+            bound.to_string()
+        }
+    };
+    let mut config = args.config(k);
+    config.status_address = Some(advertised);
+    let probe = chime_engine::status_server::KafkaProbe::new(&k.bootstrap, &config.topics.timers)?;
+    // The endpoint outlives the engine's shutdown (it answers until the
+    // engine has left the group), so it has its own stop token.
+    let server_stop = CancellationToken::new();
+    let server = tokio::spawn(chime_engine::status_server::serve(
+        listener,
+        status.clone(),
+        probe,
+        Some(chime_ingest::metrics::recorder()),
+        server_stop.clone(),
+    ));
+    let result = chime_engine::serve(config, status, shutdown).await;
+    server_stop.cancel();
+    if let Ok(Err(e)) = server.await {
+        tracing::warn!(error = %e, "engine status endpoint failed");
+    }
+    result
 }
 
 async fn stop_all_on_exit(

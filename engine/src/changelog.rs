@@ -146,17 +146,21 @@ fn fire_at<M: Message>(m: &M, value: &[u8]) -> Option<u64> {
     )
 }
 
+/// End of partition: also reported by librdkafka as a global error.
+pub(crate) fn is_partition_eof(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+    )
+}
+
 /// librdkafka also reports "end of partition" as a global error, which the
 /// default context would log at error level; here it is the expected signal.
-struct QuietEof;
+pub(crate) struct QuietEof;
 
 impl ClientContext for QuietEof {
     fn error(&self, error: KafkaError, reason: &str) {
-        let eof = matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        );
-        if !eof {
+        if !is_partition_eof(&error) {
             tracing::error!(%error, reason, "changelog reader error");
         }
     }

@@ -5,6 +5,7 @@
 use std::sync::Mutex;
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 /// A change in which `chime.timers` partitions this instance owns.
@@ -47,7 +48,15 @@ impl GroupContext {
     }
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    // End of partition is expected (it marks a partition caught up); it is
+    // also reported as a global error, which must not be logged as one.
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !crate::changelog::is_partition_eof(&error) {
+            tracing::error!(%error, reason, "engine consumer error");
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     // Revocation is queued before librdkafka unassigns, assignment after it

@@ -5,10 +5,12 @@
 //! how a partition's state survives its owner.
 
 pub mod changelog;
+pub mod checker;
 pub mod group;
 pub mod owner;
 pub mod partition;
 pub mod status;
+pub mod status_server;
 
 pub use status::{EngineStatus, TimerStatus};
 
@@ -43,6 +45,9 @@ pub struct EngineConfig {
     pub finished_retention: Duration,
     /// At most this many finished timers are remembered per partition.
     pub finished_max_per_partition: usize,
+    /// Where this engine's status endpoint ([`status_server`]) is reached;
+    /// advertised to ingest through the consumer group in the client id.
+    pub status_address: Option<String>,
 }
 
 impl EngineConfig {
@@ -59,11 +64,19 @@ impl EngineConfig {
             rebuild_timeout: Duration::from_secs(300),
             finished_retention: Duration::from_secs(3600),
             finished_max_per_partition: 500_000,
+            status_address: None,
         }
     }
 
     pub fn client_id(&self) -> String {
-        format!("chime-engine-{}", self.instance_id)
+        match &self.status_address {
+            Some(address) => format!(
+                "chime-engine-{}{}{address}",
+                self.instance_id,
+                status_server::ADDRESS_SEPARATOR
+            ),
+            None => format!("chime-engine-{}", self.instance_id),
+        }
     }
 
     pub fn finished_timers(&self) -> status::FinishedTimers {

@@ -47,8 +47,11 @@ use crate::EngineConfig;
 const MAX_INBOX: usize = 50_000;
 /// Longest a collect phase waits when nothing happens (so shutdown is noticed).
 const IDLE_WAIT: Duration = Duration::from_millis(100);
-/// Deadline for transactional calls and offset look-ups.
+/// Deadline for offset look-ups and seeks.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline for each transactional call; a transaction that cannot finish in
+/// this time is given up on and the owned partitions are rebuilt.
+const TXN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An input record copied out of the consumer, waiting for the commit phase.
 struct InputRecord {
@@ -76,6 +79,8 @@ impl Owner {
             &config.group_id,
         )
         .set("partition.assignment.strategy", "cooperative-sticky")
+        // End of partition marks a partition caught up (see `collect`).
+        .set("enable.partition.eof", "true")
         .set(
             "session.timeout.ms",
             config.session_timeout.as_millis().to_string(),
@@ -144,6 +149,13 @@ impl Owner {
                         value: m.payload().map(Bytes::copy_from_slice),
                     });
                 }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    // Every record written before now is applied (or in the
+                    // inbox, applied before any fire): the partition may fire.
+                    if let Some(state) = self.status.lock().live.get_mut(&p) {
+                        state.caught_up = true;
+                    }
+                }
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
             }
         }
@@ -156,6 +168,7 @@ impl Owner {
             .lock()
             .live
             .values()
+            .filter(|p| p.caught_up)
             .filter_map(|p| p.wheel.next_deadline())
             .min()?;
         let lead = self.config.lead.as_millis() as u64;
@@ -222,6 +235,7 @@ impl Owner {
                     wheel,
                     next_offset,
                     finished,
+                    caught_up: false,
                 },
             );
         }
@@ -250,6 +264,9 @@ impl Owner {
         let fire_until = now.saturating_add(self.config.lead.as_millis() as u64);
         for (&p, state) in owned.live.iter_mut() {
             state.finished.expire(now);
+            if !state.caught_up {
+                continue; // a cancel for a due timer may still be unread
+            }
             self.expired.clear();
             state.wheel.advance(fire_until, &mut self.expired);
             if self.expired.is_empty() {
@@ -285,18 +302,23 @@ impl Owner {
         // Status readers may see the new state from here; the transaction
         // below makes it durable or, failing, triggers a rebuild.
         drop(owned);
+        // librdkafka's flush inside commit (and abort) polls in 100 ms slices
+        // that do not end early: drain deliveries first so the commit takes
+        // ~1 ms, and so a failed transaction has nothing in flight to abort.
+        let drain_deadline = Instant::now() + TXN_TIMEOUT;
+        while self.producer.in_flight_count() > 0 {
+            anyhow::ensure!(Instant::now() < drain_deadline, "records not delivered within {TXN_TIMEOUT:?}");
+            self.producer.poll(Duration::from_millis(1));
+        }
         let group = self
             .consumer
             .group_metadata()
             .ok_or_else(|| anyhow::anyhow!("consumer has no group metadata"))?;
         self.producer
-            .send_offsets_to_transaction(&offsets, &group, KAFKA_TIMEOUT)?;
-        // librdkafka's flush inside commit polls in 100 ms slices that do not
-        // end early: drain deliveries first so the commit takes ~1 ms.
-        while self.producer.in_flight_count() > 0 {
-            self.producer.poll(Duration::from_millis(1));
-        }
-        self.producer.commit_transaction(KAFKA_TIMEOUT)?;
+            .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
+        let commit_started = Instant::now();
+        self.producer.commit_transaction(TXN_TIMEOUT)?;
+        metrics::histogram!("chime_engine_commit_seconds").record(commit_started.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -307,7 +329,7 @@ impl Owner {
         tracing::warn!(error = %err, "transaction failed; rebuilding owned partitions");
         let fatal = matches!(err.downcast_ref::<KafkaError>(),
             Some(KafkaError::Transaction(e)) if e.is_fatal());
-        if fatal || self.producer.abort_transaction(KAFKA_TIMEOUT).is_err() {
+        if fatal || self.producer.abort_transaction(TXN_TIMEOUT).is_err() {
             self.producer = transactional_producer(&self.config)?;
         }
         self.inbox.clear();
@@ -452,6 +474,7 @@ fn emit_fire(
 ) -> anyhow::Result<()> {
     let fired_at = now.to_string();
     let lateness = now.saturating_sub(fire.deadline).to_string();
+    metrics::histogram!("chime_engine_fire_lateness_seconds").record(now.saturating_sub(fire.deadline) as f64 / 1000.0);
     let headers = OwnedHeaders::new()
         .insert(Header {
             key: HEADER_FIRED_AT_MS,

@@ -18,4 +18,7 @@ pub struct PartitionState {
     pub next_offset: Option<i64>,
     /// Recently fired and cancelled timers, for status questions.
     pub finished: FinishedTimers,
+    /// The input has been read to its end since the partition was loaded.
+    /// Until then nothing fires: a cancel of a due timer may still be unread.
+    pub caught_up: bool,
 }

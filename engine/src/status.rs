@@ -153,6 +153,9 @@ impl EngineStatus {
         let Some(state) = owned.live.get(&partition) else {
             return TimerStatus::NotOwned;
         };
+        if !state.caught_up {
+            return TimerStatus::Loading;
+        }
         let key = Bytes::copy_from_slice(id.as_bytes());
         if let Some((fire_at_ms, spec)) = state.wheel.get(&key) {
             return TimerStatus::Pending {
@@ -178,7 +181,7 @@ impl EngineStatus {
     /// Joined the group and every owned partition is Live.
     pub fn is_ready(&self) -> bool {
         let owned = self.lock();
-        owned.joined && owned.loading.is_empty()
+        owned.joined && owned.loading.is_empty() && owned.live.values().all(|p| p.caught_up)
     }
 
     /// Pending timers per owned live partition.

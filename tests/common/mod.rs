@@ -19,6 +19,8 @@ use chime_ingest::IngestConfig;
 use chime_wire::time::now_ms;
 use chime_wire::Topics;
 
+pub mod processes;
+
 pub const PARTITIONS: i32 = 3;
 
 pub fn bootstrap() -> String {
@@ -153,9 +155,13 @@ impl Chime {
                 IngestConfig::new(&bootstrap(), &prefix),
                 shutdown.clone(),
             )),
-            tokio::spawn(chime_engine::serve(engine, shutdown.clone())),
+            tokio::spawn(chime_engine::serve(
+                engine,
+                Default::default(),
+                shutdown.clone(),
+            )),
             tokio::spawn(chime_dispatcher::serve(
-                DispatcherConfig::new(&bootstrap(), &prefix),
+                loopback_dispatcher(&prefix),
                 shutdown.clone(),
             )),
         ];
@@ -226,6 +232,14 @@ impl Drop for Chime {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A dispatcher config that may call the tests' receivers on 127.0.0.0/8
+/// (refused by default as non-public addresses).
+pub fn loopback_dispatcher(prefix: &str) -> DispatcherConfig {
+    let mut config = DispatcherConfig::new(&bootstrap(), prefix);
+    config.addresses.allow = vec!["127.0.0.0/8".parse().expect("a CIDR")];
+    config
 }
 
 /// Reads `topic` from the beginning (read_committed) until `n` records were

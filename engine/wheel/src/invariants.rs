@@ -64,9 +64,17 @@ impl<K: Hash + Eq + Clone, V> TimingWheel<K, V> {
             while idx != NIL {
                 let entry = self.arena.entry(idx);
                 assert!(entry.item.is_some(), "vacant slot {idx} linked");
-                assert_eq!(idx as usize % STRIPES, stripe, "entry {idx} in the wrong stripe");
+                assert_eq!(
+                    idx as usize % STRIPES,
+                    stripe,
+                    "entry {idx} in the wrong stripe"
+                );
                 assert_eq!(entry.prev, prev, "back link of {idx}");
-                assert!(belongs(entry.deadline), "deadline {} misplaced", entry.deadline);
+                assert!(
+                    belongs(entry.deadline),
+                    "deadline {} misplaced",
+                    entry.deadline
+                );
                 min = min.min(entry.deadline);
                 count += 1;
                 prev = idx;

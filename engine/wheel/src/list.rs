@@ -145,8 +145,7 @@ impl Walk {
         if self.remaining == 0 {
             return None;
         }
-        // `remaining > 0` means some cursor is not NIL: at most STRIPES turns.
-        loop {
+        for _ in 0..STRIPES {
             let stripe = self.turn;
             self.turn = (self.turn + 1) % STRIPES;
             let idx = self.cursors[stripe];
@@ -156,5 +155,9 @@ impl Walk {
                 return Some(idx);
             }
         }
+        // Unreachable while the list's length matches its chains.
+        debug_assert_eq!(self.remaining, 0, "list length out of sync with its chains");
+        self.remaining = 0;
+        None
     }
 }

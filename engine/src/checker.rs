@@ -1,0 +1,339 @@
+//! The checker: audits a deployment from its topics alone. It reads
+//! `chime.timers` (what was asked), the changelog (what is still pending) and
+//! `chime.fires` (what fired), all read_committed, and reports acknowledged
+//! timers that did not fire, fired more than once, fired early or fired after
+//! their cancel, with engine fire-lateness percentiles.
+//!
+//! The model: for each timer id the latest command on `chime.timers` wins. If
+//! it is a schedule due more than `grace` ago, exactly one fire record with the
+//! same `(id, fire_at, attempt)` must exist. Earlier schedules of the same id
+//! that were replaced may or may not have fired (a re-schedule after the fire
+//! is a new timer), but no `(id, fire_at, attempt)` may fire twice.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+
+use chime_wire::record::HEADER_FIRED_AT_MS;
+use chime_wire::time::now_ms;
+use chime_wire::{TimerCommand, Topics};
+
+use crate::changelog::QuietEof;
+
+#[derive(Debug, Clone)]
+pub struct CheckConfig {
+    pub bootstrap: String,
+    pub topics: Topics,
+    /// Timers due less than this long ago are not yet expected to have fired.
+    pub grace: Duration,
+    /// The engine's lead: a fire this far ahead of its time is not early.
+    pub lead: Duration,
+    /// Give up reading a topic after this long.
+    pub read_timeout: Duration,
+}
+
+impl CheckConfig {
+    pub fn new(bootstrap: &str, topic_prefix: &str) -> Self {
+        CheckConfig {
+            bootstrap: bootstrap.to_string(),
+            topics: Topics::new(topic_prefix),
+            grace: Duration::from_secs(5),
+            lead: Duration::ZERO,
+            read_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Fire lateness (fired_at − fire_at) percentiles, milliseconds.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Lateness {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Lateness {
+    /// Nearest-rank percentiles of `samples`.
+    pub fn of(samples: &mut [u64]) -> Lateness {
+        if samples.is_empty() {
+            return Lateness::default();
+        }
+        samples.sort_unstable();
+        let rank = |q: f64| {
+            let i = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+            samples[i - 1]
+        };
+        Lateness {
+            p50: rank(0.50),
+            p90: rank(0.90),
+            p99: rank(0.99),
+            max: samples[samples.len() - 1],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    /// Commands read from the timers topic.
+    pub commands: usize,
+    /// Timer ids whose latest command is a schedule due before now − grace.
+    pub expected: usize,
+    /// Fire records read.
+    pub fires: usize,
+    /// Pending records left in the changelog.
+    pub pending: usize,
+    /// Expected timers with no fire record (ids).
+    pub missing: Vec<String>,
+    /// `(id, fire_at, attempt)` fired more than once (ids).
+    pub duplicates: Vec<String>,
+    /// Fired before their time (less the lead) (ids).
+    pub early: Vec<String>,
+    /// Fired although their cancel was written before they fired (ids).
+    pub fired_after_cancel: Vec<String>,
+    /// Still pending in the changelog although due before now − grace (ids).
+    pub overdue: Vec<String>,
+    pub lateness_ms: Lateness,
+}
+
+impl CheckReport {
+    /// No timer lost, duplicated, early or fired despite its cancel.
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty()
+            && self.duplicates.is_empty()
+            && self.early.is_empty()
+            && self.fired_after_cancel.is_empty()
+            && self.overdue.is_empty()
+    }
+}
+
+impl std::fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sample = |ids: &[String]| {
+            let mut s = ids.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+            if ids.len() > 5 {
+                s.push_str(", …");
+            }
+            s
+        };
+        writeln!(f, "commands read          {}", self.commands)?;
+        writeln!(f, "timers expected fired  {}", self.expected)?;
+        writeln!(f, "fire records           {}", self.fires)?;
+        writeln!(f, "pending in changelog   {}", self.pending)?;
+        for (name, ids) in [
+            ("missing", &self.missing),
+            ("fired more than once", &self.duplicates),
+            ("fired early", &self.early),
+            ("fired after cancel", &self.fired_after_cancel),
+            ("overdue in changelog", &self.overdue),
+        ] {
+            writeln!(f, "{name:<22} {} {}", ids.len(), sample(ids))?;
+        }
+        let l = &self.lateness_ms;
+        writeln!(
+            f,
+            "fire lateness ms       p50 {} p90 {} p99 {} max {}",
+            l.p50, l.p90, l.p99, l.max
+        )?;
+        write!(f, "verdict                {}", if self.is_clean() { "clean" } else { "PROBLEMS" })
+    }
+}
+
+/// The latest command for one timer id.
+struct Intent {
+    fire_at_ms: u64,
+    attempt: u32,
+    /// Timestamp of a cancel that came after the schedule, if one did.
+    cancelled_at_ms: Option<u64>,
+}
+
+/// Reads the three topics and audits them.
+pub fn check(config: &CheckConfig) -> anyhow::Result<CheckReport> {
+    let now = now_ms();
+    let mut report = CheckReport::default();
+
+    let mut intents: HashMap<String, Intent> = HashMap::new();
+    read_all(config, &config.topics.timers, |m| {
+        report.commands += 1;
+        match TimerCommand::decode(m.key(), m.payload()) {
+            Ok(TimerCommand::Schedule(spec)) => {
+                intents.insert(
+                    spec.id,
+                    Intent {
+                        fire_at_ms: spec.fire_at_ms,
+                        attempt: spec.attempt,
+                        cancelled_at_ms: None,
+                    },
+                );
+            }
+            Ok(TimerCommand::Cancel { id }) => {
+                if let Some(intent) = intents.get_mut(&id) {
+                    intent.cancelled_at_ms.get_or_insert(timestamp(m));
+                }
+            }
+            Err(_) => {} // dead-lettered by the engine
+        }
+    })?;
+
+    // (id, fire_at, attempt) → fired_at of each fire record
+    let mut fired: HashMap<(String, u64, u32), Vec<u64>> = HashMap::new();
+    let mut lateness = Vec::new();
+    let lead = config.lead.as_millis() as u64;
+    read_all(config, &config.topics.fires, |m| {
+        report.fires += 1;
+        let Ok(TimerCommand::Schedule(spec)) = TimerCommand::decode(m.key(), m.payload()) else {
+            return;
+        };
+        let fired_at = header_u64(m, HEADER_FIRED_AT_MS).unwrap_or_else(|| timestamp(m));
+        if fired_at.saturating_add(lead) < spec.fire_at_ms {
+            report.early.push(spec.id.clone());
+        }
+        lateness.push(fired_at.saturating_sub(spec.fire_at_ms));
+        fired
+            .entry((spec.id, spec.fire_at_ms, spec.attempt))
+            .or_default()
+            .push(fired_at);
+    })?;
+
+    let mut pending: HashMap<String, u64> = HashMap::new();
+    read_all(config, &config.topics.changelog, |m| {
+        let Some(id) = m.key().map(|k| String::from_utf8_lossy(k).into_owned()) else {
+            return;
+        };
+        match m.payload() {
+            None => {
+                pending.remove(&id);
+            }
+            Some(v) => {
+                if let Ok(TimerCommand::Schedule(spec)) = serde_json::from_slice(v) {
+                    pending.insert(id, spec.fire_at_ms);
+                }
+            }
+        }
+    })?;
+    report.pending = pending.len();
+
+    let due_before = now.saturating_sub(config.grace.as_millis() as u64);
+    for ((id, _, _), times) in &fired {
+        if times.len() > 1 {
+            report.duplicates.push(id.clone());
+        }
+    }
+    for (id, intent) in &intents {
+        let key = (id.clone(), intent.fire_at_ms, intent.attempt);
+        let fires = fired.get(&key);
+        match intent.cancelled_at_ms {
+            Some(cancelled_at) => {
+                // A cancel written well before the fire must have prevented it.
+                if fires.is_some_and(|t| t.iter().any(|&at| at > cancelled_at + 1_000)) {
+                    report.fired_after_cancel.push(id.clone());
+                }
+            }
+            None if intent.fire_at_ms < due_before => {
+                report.expected += 1;
+                if fires.is_none() {
+                    report.missing.push(id.clone());
+                }
+            }
+            None => {}
+        }
+    }
+    for (id, fire_at) in &pending {
+        if *fire_at < due_before {
+            report.overdue.push(id.clone());
+        }
+    }
+    for ids in [
+        &mut report.missing,
+        &mut report.duplicates,
+        &mut report.early,
+        &mut report.fired_after_cancel,
+        &mut report.overdue,
+    ] {
+        ids.sort();
+        ids.dedup();
+    }
+    report.lateness_ms = Lateness::of(&mut lateness);
+    Ok(report)
+}
+
+fn timestamp(m: &BorrowedMessage<'_>) -> u64 {
+    m.timestamp()
+        .to_millis()
+        .and_then(|t| u64::try_from(t).ok())
+        .unwrap_or(0)
+}
+
+fn header_u64(m: &BorrowedMessage<'_>, name: &str) -> Option<u64> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|s| s.parse().ok())
+}
+
+/// Calls `each` for every committed record of `topic`, from the beginning to
+/// the current end of every partition.
+fn read_all(
+    config: &CheckConfig,
+    topic: &str,
+    mut each: impl FnMut(&BorrowedMessage<'_>),
+) -> anyhow::Result<()> {
+    let consumer: BaseConsumer<QuietEof> = chime_wire::kafka::consumer_config(
+        &config.bootstrap,
+        "chime-checker",
+        &format!("chime-checker-{}", uuid::Uuid::new_v4().simple()),
+    )
+    .set("enable.partition.eof", "true")
+    .create_with_context(QuietEof)?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        anyhow::bail!("topic {topic} does not exist");
+    }
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + config.read_timeout;
+    let mut at_end = 0;
+    while at_end < partitions.len() {
+        if Instant::now() > deadline {
+            anyhow::bail!("reading {topic} did not reach its end in {:?}", config.read_timeout);
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => at_end += 1,
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(m)) => each(&m),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut v: Vec<u64> = (1..=100).rev().collect();
+        assert_eq!(
+            Lateness::of(&mut v),
+            Lateness { p50: 50, p90: 90, p99: 99, max: 100 }
+        );
+        assert_eq!(Lateness::of(&mut []), Lateness::default());
+        assert_eq!(Lateness::of(&mut [7]).p99, 7);
+    }
+}
