@@ -130,6 +130,10 @@ struct EngineArgs {
     /// Consumer-group session timeout: how soon a dead engine's partitions move.
     #[arg(long, env = "CHIME_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     session_timeout_ms: u64,
+    /// How long a dead engine's unfinished transaction blocks readers before
+    /// the broker aborts it.
+    #[arg(long, env = "CHIME_TRANSACTION_TIMEOUT_MS", default_value_t = 10_000)]
+    transaction_timeout_ms: u64,
 }
 
 #[derive(Args, Clone)]
@@ -195,6 +199,7 @@ impl EngineArgs {
         c.tick = Duration::from_millis(self.tick_ms);
         c.lead = Duration::from_millis(self.lead_ms);
         c.session_timeout = Duration::from_millis(self.session_timeout_ms);
+        c.transaction_timeout = Duration::from_millis(self.transaction_timeout_ms);
         c
     }
 }

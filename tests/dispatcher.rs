@@ -586,3 +586,82 @@ async fn signature_verifies_with_the_documented_snippet_and_tampering_fails() {
     );
     rig.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_calls_in_flight_finish_and_commits_them() {
+    const FIRES: usize = 10;
+    let prefix = unique_prefix("dispatch-term");
+    let rig = Rig::topics_only(&prefix).await;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = answered.clone();
+    let mut rx = Scripted::start(move |_| {
+        let count = count.clone();
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            count.fetch_add(1, Ordering::SeqCst);
+            StatusCode::OK
+        })
+    })
+    .await;
+    for i in 0..FIRES {
+        rig.fire(&timer(&format!("term-{i}"), rx.url("/term")), None)
+            .await;
+    }
+    let mut child = spawn_dispatcher(&prefix);
+    rx.expect(FIRES, Duration::from_secs(40)).await;
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        0,
+        "all calls still in flight"
+    );
+    let pid = child.id().to_string();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "dispatcher exited with {status}");
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        FIRES,
+        "calls in flight were cut off"
+    );
+
+    // Committed: the group's offsets stand at the end of every partition.
+    let fires = rig.topics.fires.clone();
+    let group = format!("{prefix}-dispatcher");
+    let gaps = tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer =
+            chime_wire::kafka::consumer_config(&bootstrap(), "test-offsets", &group)
+                .create()
+                .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..common::PARTITIONS {
+            tpl.add_partition(&fires, p);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap();
+        (0..common::PARTITIONS)
+            .filter_map(|p| {
+                let (_, high) = consumer
+                    .fetch_watermarks(&fires, p, Duration::from_secs(10))
+                    .unwrap();
+                let at = committed.find_partition(&fires, p).unwrap().offset();
+                let done = high == 0 || at == rdkafka::Offset::Offset(high);
+                (!done).then_some((p, at, high))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(
+        gaps.is_empty(),
+        "uncommitted after shutdown (partition, committed, end): {gaps:?}"
+    );
+}

@@ -18,7 +18,7 @@
 //! a fresh assignment, so whatever the failed transaction would have fired fires
 //! in a later one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -68,6 +68,11 @@ pub struct Owner {
     /// Owned partitions, shared with status readers.
     status: EngineStatus,
     inbox: Vec<InputRecord>,
+    /// Per partition, the input offset at which the consumer last reported
+    /// end of partition, while no record has arrived since. librdkafka reports
+    /// an end only once per offset, so a rebuild that resumes exactly there
+    /// is caught up without waiting for a report that will not come.
+    end_of_input: HashMap<i32, i64>,
     expired: Vec<Expired<Bytes, Bytes>>,
 }
 
@@ -100,6 +105,7 @@ impl Owner {
             producer,
             status,
             inbox: Vec::new(),
+            end_of_input: HashMap::new(),
             expired: Vec::new(),
         })
     }
@@ -142,6 +148,7 @@ impl Owner {
                 None => {}
                 Some(Ok(m)) => {
                     first_record_at.get_or_insert_with(Instant::now);
+                    self.end_of_input.remove(&m.partition());
                     self.inbox.push(InputRecord {
                         partition: m.partition(),
                         offset: m.offset(),
@@ -152,8 +159,15 @@ impl Owner {
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     // Every record written before now is applied (or in the
                     // inbox, applied before any fire): the partition may fire.
-                    if let Some(state) = self.status.lock().live.get_mut(&p) {
+                    let mut owned = self.status.lock();
+                    if let Some(state) = owned.live.get_mut(&p) {
+                        if !state.caught_up {
+                            tracing::debug!(partition = p, "partition caught up");
+                        }
                         state.caught_up = true;
+                        let end = state.next_offset.unwrap_or(0);
+                        let end = self.inbox.iter().filter(|r| r.partition == p).fold(end, |e, r| e.max(r.offset + 1));
+                        self.end_of_input.insert(p, end);
                     }
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
@@ -184,6 +198,7 @@ impl Owner {
                     for p in &parts {
                         owned.live.remove(p);
                         owned.loading.remove(p);
+                        self.end_of_input.remove(p);
                     }
                     drop(owned);
                     self.inbox.retain(|r| !parts.contains(&r.partition));
@@ -235,7 +250,7 @@ impl Owner {
                     wheel,
                     next_offset,
                     finished,
-                    caught_up: false,
+                    caught_up: next_offset.is_some() && self.end_of_input.get(&p) == next_offset.as_ref(),
                 },
             );
         }
@@ -319,6 +334,12 @@ impl Owner {
         let commit_started = Instant::now();
         self.producer.commit_transaction(TXN_TIMEOUT)?;
         metrics::histogram!("chime_engine_commit_seconds").record(commit_started.elapsed().as_secs_f64());
+        tracing::debug!(
+            partitions = touched.len(),
+            commit_ms = commit_started.elapsed().as_millis() as u64,
+            phase_ms = now_ms().saturating_sub(now),
+            "transaction committed"
+        );
         Ok(())
     }
 

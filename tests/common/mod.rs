@@ -149,17 +149,16 @@ impl Chime {
         let api = format!("http://{}", listener.local_addr().unwrap());
         let mut engine = EngineConfig::new(&bootstrap(), &prefix);
         engine.session_timeout = Duration::from_secs(6);
+        // As in `chime all`, ingest asks the engine in-process for status.
+        let engine_status = chime_engine::EngineStatus::default();
         let tasks = vec![
-            tokio::spawn(chime_ingest::serve(
+            tokio::spawn(chime_ingest::serve_with_engine(
                 listener,
                 IngestConfig::new(&bootstrap(), &prefix),
+                Some(engine_status.clone()),
                 shutdown.clone(),
             )),
-            tokio::spawn(chime_engine::serve(
-                engine,
-                Default::default(),
-                shutdown.clone(),
-            )),
+            tokio::spawn(chime_engine::serve(engine, engine_status, shutdown.clone())),
             tokio::spawn(chime_dispatcher::serve(
                 loopback_dispatcher(&prefix),
                 shutdown.clone(),

@@ -45,7 +45,11 @@ impl EngineProcess {
                 &SESSION_TIMEOUT_MS.to_string(),
             ])
             .env("CHIME_KAFKA_BOOTSTRAP", bootstrap())
-            .env("RUST_LOG", "info,librdkafka=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("CHIME_TEST_ENGINE_LOG")
+                    .unwrap_or_else(|_| "info,librdkafka=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

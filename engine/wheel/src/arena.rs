@@ -5,7 +5,8 @@
 //! slot is on the free list, threaded through its `next` field.
 //!
 //! Links are indices, not pointers: no per-timer heap node, 4-byte links, and
-//! the arena can be compacted (see [`Arena::compact`]) by rewriting indices.
+//! the whole arena can be moved into a smaller allocation ([`Arena::compact`];
+//! the wheel then relinks every timer and rebuilds its index).
 
 use crate::list::TimerList;
 
@@ -20,9 +21,10 @@ pub(crate) const MIN_CAPACITY: usize = 64;
 
 pub(crate) struct Entry<K, V> {
     pub(crate) deadline: u64,
-    /// Previous entry in the same list, or `NIL` at the head.
+    /// Previous entry in the same list stripe, or `NIL` at the head.
     pub(crate) prev: u32,
-    /// Next entry in the same list (or next free slot, when vacant), or `NIL`.
+    /// Next entry in the same list stripe (or next free slot, when vacant),
+    /// or `NIL`.
     pub(crate) next: u32,
     /// Id and payload; `None` while the slot is vacant.
     pub(crate) item: Option<(K, V)>,
@@ -75,12 +77,12 @@ impl<K, V> Arena<K, V> {
             next: NIL,
             item: Some((key, payload)),
         };
-        self.len += 1;
         if self.free_head != NIL {
             let idx = self.free_head;
             let slot = &mut self.entries[idx as usize];
             self.free_head = slot.next;
             *slot = entry;
+            self.len += 1;
             return idx;
         }
         let idx = self.entries.len();
@@ -88,6 +90,7 @@ impl<K, V> Arena<K, V> {
             idx < MAX_ENTRIES,
             "timing wheel is full ({MAX_ENTRIES} timers)"
         );
+        self.len += 1;
         if idx == self.entries.capacity() {
             // Grow by a quarter rather than double: a pending-timer arena is
             // large and long-lived, so the slack after growth is resident

@@ -257,6 +257,11 @@ impl<K: Hash + Eq + Clone, V> TimingWheel<K, V> {
     /// re-scheduled instead: its deadline and payload are replaced and the
     /// old payload is returned. A deadline at or before the wheel's time is
     /// due at the next [`advance`](Self::advance).
+    ///
+    /// # Panics
+    ///
+    /// When `u32::MAX` timers are already pending (128 GiB of entries):
+    /// arena indices are `u32`.
     pub fn schedule(&mut self, id: K, deadline: u64, payload: V) -> Option<V> {
         let hash = self.index.hash(&id);
         let idx = match self.index.entry(&self.arena, hash, &id) {

@@ -237,12 +237,17 @@ fn run(start: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(3000))]
+    #![proptest_config(ProptestConfig::with_cases(2500))]
 
     #[test]
     fn wheel_agrees_with_model(start in start(), ops in prop::collection::vec(op(), 1..120)) {
         run(start, ops)?;
     }
+
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
 
     /// Sleeping until `next_deadline` and advancing to it always makes
     /// progress: something expires, or `next_deadline` moves later. So an
