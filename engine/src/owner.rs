@@ -333,7 +333,8 @@ impl Owner {
             .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
         let commit_started = Instant::now();
         self.producer.commit_transaction(TXN_TIMEOUT)?;
-        metrics::histogram!("chime_engine_commit_seconds").record(commit_started.elapsed().as_secs_f64());
+        metrics::histogram!("chime_engine_commit_seconds")
+            .record(commit_started.elapsed().as_secs_f64());
         tracing::debug!(
             partitions = touched.len(),
             commit_ms = commit_started.elapsed().as_millis() as u64,
@@ -354,18 +355,29 @@ impl Owner {
             self.producer = transactional_producer(&self.config)?;
         }
         self.inbox.clear();
-        // Let a pending rebalance (the usual cause) surface before rebuilding.
-        if self.consumer.poll(Duration::from_millis(100)).is_some() {
-            // A record polled here is re-read after the seek below.
-        }
-        self.apply_group_events()?;
-        let owned: Vec<i32> = {
+        // The partitions the failed transaction touched lose their state...
+        let failed: Vec<i32> = {
             let mut owned = self.status.lock();
             let parts = owned.live.keys().copied().collect();
             owned.live.clear();
             parts
         };
-        self.load(&owned, true)
+        // ...a pending rebalance (the usual cause) is applied: revoked
+        // partitions go, newly assigned ones load as on any assignment...
+        self.apply_group_events()?;
+        // ...and those still ours are rebuilt and re-read from the committed
+        // offsets (only these need a seek: their consumer position is past
+        // records the failed transaction applied).
+        let assignment = self.consumer.assignment()?;
+        let still_ours: Vec<i32> = failed
+            .into_iter()
+            .filter(|p| {
+                assignment
+                    .find_partition(&self.config.topics.timers, *p)
+                    .is_some()
+            })
+            .collect();
+        self.load(&still_ours, true)
     }
 
     fn leave_group(&mut self) {
@@ -495,7 +507,8 @@ fn emit_fire(
 ) -> anyhow::Result<()> {
     let fired_at = now.to_string();
     let lateness = now.saturating_sub(fire.deadline).to_string();
-    metrics::histogram!("chime_engine_fire_lateness_seconds").record(now.saturating_sub(fire.deadline) as f64 / 1000.0);
+    metrics::histogram!("chime_engine_fire_lateness_seconds")
+        .record(now.saturating_sub(fire.deadline) as f64 / 1000.0);
     let headers = OwnedHeaders::new()
         .insert(Header {
             key: HEADER_FIRED_AT_MS,

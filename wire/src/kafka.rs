@@ -16,6 +16,10 @@ pub fn client_config(bootstrap: &str, client_id: &str) -> ClientConfig {
         .set("client.id", client_id)
         // Loopback and small clusters: notice a dead broker quickly.
         .set("socket.keepalive.enable", "true");
+    // librdkafka's own debug contexts (e.g. "cgrp,eos"), for diagnosing a live system.
+    if let Ok(contexts) = std::env::var("CHIME_KAFKA_DEBUG") {
+        c.set("debug", contexts);
+    }
     c
 }
 
