@@ -81,23 +81,34 @@ impl Api {
 }
 
 /// Polls `check` until it returns Some, or panics naming `what` after `timeout`.
-async fn eventually<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// The status of `id` once it is in `state`.
 async fn status_in(api: &Api, id: &str, state: &str) -> Value {
-    eventually(&format!("{id} to be {state}"), Duration::from_secs(30), async || {
-        let a = api.get(&format!("/v1/timers/{id}")).await;
-        (a.status == 200 && a.body["state"] == state).then_some(a.body)
-    })
+    eventually(
+        &format!("{id} to be {state}"),
+        Duration::from_secs(30),
+        async || {
+            let a = api.get(&format!("/v1/timers/{id}")).await;
+            (a.status == 200 && a.body["state"] == state).then_some(a.body)
+        },
+    )
     .await
 }
 
@@ -111,7 +122,9 @@ fn id_on_partition(prefix: &str, partition: i32, partitions: i32) -> String {
 
 fn ms_of(rfc3339: &Value) -> u64 {
     let text = rfc3339.as_str().expect("a time string");
-    DateTime::parse_from_rfc3339(text).expect("RFC 3339").timestamp_millis() as u64
+    DateTime::parse_from_rfc3339(text)
+        .expect("RFC 3339")
+        .timestamp_millis() as u64
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -121,7 +134,10 @@ fn rfc3339(ms: u64) -> String {
 /// How many records of `topic` have each of `keys`, reading to the end.
 fn count_keys(topic: &str, keys: &[&str]) -> Vec<usize> {
     let consumer: BaseConsumer = chime_wire::kafka::client_config(&bootstrap(), "test-counter")
-        .set("group.id", format!("counter-{}", uuid::Uuid::new_v4().simple()))
+        .set(
+            "group.id",
+            format!("counter-{}", uuid::Uuid::new_v4().simple()),
+        )
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
@@ -136,14 +152,18 @@ fn count_keys(topic: &str, keys: &[&str]) -> Vec<usize> {
             .fetch_watermarks(topic, p, Duration::from_secs(10))
             .expect("watermarks");
         ends.push(high);
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&tpl).expect("assign");
     let mut counts = vec![0; keys.len()];
     let mut positions = vec![0i64; partitions as usize];
     let deadline = Instant::now() + Duration::from_secs(30);
     while (0..partitions as usize).any(|p| positions[p] < ends[p]) {
-        assert!(Instant::now() < deadline, "could not read {topic} to its end");
+        assert!(
+            Instant::now() < deadline,
+            "could not read {topic} to its end"
+        );
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
             positions[m.partition() as usize] = m.offset() + 1;
             if let Some(i) = keys.iter().position(|k| Some(k.as_bytes()) == m.key()) {
@@ -183,7 +203,10 @@ async fn status_pending_fired_cancelled_and_unknown() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let second = status_in(&api, "st-a", "pending").await;
     let second_left = second["time_left_ms"].as_u64().unwrap();
-    assert!(first_left - second_left >= 1000, "{first_left} then {second_left}");
+    assert!(
+        first_left - second_left >= 1000,
+        "{first_left} then {second_left}"
+    );
 
     let got = receiver.expect(1, Duration::from_secs(30)).await;
     assert_eq!(got[0].path, "/a");
@@ -191,7 +214,10 @@ async fn status_pending_fired_cancelled_and_unknown() {
     assert_eq!(fired["fire_at"], created.body["fire_at"]);
     assert_eq!(fired["time_left_ms"], 0);
     let lateness = fired["lateness_ms"].as_u64().expect("lateness_ms");
-    assert_eq!(ms_of(&fired["fired_at"]) - ms_of(&fired["fire_at"]), lateness);
+    assert_eq!(
+        ms_of(&fired["fired_at"]) - ms_of(&fired["fire_at"]),
+        lateness
+    );
     let legacy = api.get("/timers/st-a").await;
     assert_eq!((legacy.status, &legacy.body["time_left"]), (200, &json!(0)));
 
@@ -212,10 +238,16 @@ async fn status_pending_fired_cancelled_and_unknown() {
     for path in ["/v1/timers/never-created", "/timers/never-created"] {
         let unknown = api.get(path).await;
         assert_eq!(unknown.status, 404, "{path}: {}", unknown.body);
-        assert!(unknown.body["error"].as_str().unwrap().contains("never-created"));
+        assert!(unknown.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("never-created"));
     }
     let too_long = api.get(&format!("/v1/timers/{}", "x".repeat(300))).await;
-    assert_eq!((too_long.status, &too_long.body["field"]), (400, &json!("id")));
+    assert_eq!(
+        (too_long.status, &too_long.body["field"]),
+        (400, &json!("id"))
+    );
     chime.stop().await;
 }
 
@@ -235,25 +267,59 @@ async fn cancel_and_create_with_an_existing_id() {
     // Cancelled before its time: it never fires. A later timer on the same
     // partition firing shows the cancelled one's time has passed there.
     let c = "cancel-c";
-    let d = id_on_partition("cancel-d", partition_for_key(c.as_bytes(), PARTITIONS), PARTITIONS);
-    create(c, json!({"delay_ms": 2000, "callback": {"url": receiver.url("/c")}})).await;
+    let d = id_on_partition(
+        "cancel-d",
+        partition_for_key(c.as_bytes(), PARTITIONS),
+        PARTITIONS,
+    );
+    create(
+        c,
+        json!({"delay_ms": 2000, "callback": {"url": receiver.url("/c")}}),
+    )
+    .await;
     status_in(&api, c, "pending").await;
     assert_eq!(api.delete(&format!("/v1/timers/{c}")).await.status, 202);
-    create(&d, json!({"delay_ms": 2500, "callback": {"url": receiver.url("/d")}})).await;
+    create(
+        &d,
+        json!({"delay_ms": 2500, "callback": {"url": receiver.url("/d")}}),
+    )
+    .await;
     let got = receiver.expect(1, Duration::from_secs(30)).await;
     assert_eq!(got[0].path, "/d", "the cancelled timer fired");
     status_in(&api, c, "cancelled").await;
 
     // Cancel after the fire: a no-op (still fired, no second call).
     let e = "cancel-e";
-    let f = id_on_partition("cancel-f", partition_for_key(e.as_bytes(), PARTITIONS), PARTITIONS);
-    create(e, json!({"delay_ms": 0, "callback": {"url": receiver.url("/e")}})).await;
-    assert_eq!(receiver.expect(1, Duration::from_secs(30)).await[0].path, "/e");
+    let f = id_on_partition(
+        "cancel-f",
+        partition_for_key(e.as_bytes(), PARTITIONS),
+        PARTITIONS,
+    );
+    create(
+        e,
+        json!({"delay_ms": 0, "callback": {"url": receiver.url("/e")}}),
+    )
+    .await;
+    assert_eq!(
+        receiver.expect(1, Duration::from_secs(30)).await[0].path,
+        "/e"
+    );
     status_in(&api, e, "fired").await;
     assert_eq!(api.delete(&format!("/v1/timers/{e}")).await.status, 202);
-    assert_eq!(api.delete(&format!("/v1/timers/{e}")).await.status, 202, "idempotent");
-    create(&f, json!({"delay_ms": 0, "callback": {"url": receiver.url("/f")}})).await;
-    assert_eq!(receiver.expect(1, Duration::from_secs(30)).await[0].path, "/f");
+    assert_eq!(
+        api.delete(&format!("/v1/timers/{e}")).await.status,
+        202,
+        "idempotent"
+    );
+    create(
+        &f,
+        json!({"delay_ms": 0, "callback": {"url": receiver.url("/f")}}),
+    )
+    .await;
+    assert_eq!(
+        receiver.expect(1, Duration::from_secs(30)).await[0].path,
+        "/f"
+    );
     status_in(&api, e, "fired").await;
 
     // The same spec again: the original answer, nothing written.
@@ -276,7 +342,11 @@ async fn cancel_and_create_with_an_existing_id() {
     );
 
     // Another spec re-schedules.
-    create("cancel-i", json!({"delay_ms": 60000, "callback": {"url": receiver.url("/i-old")}})).await;
+    create(
+        "cancel-i",
+        json!({"delay_ms": 60000, "callback": {"url": receiver.url("/i-old")}}),
+    )
+    .await;
     status_in(&api, "cancel-i", "pending").await;
     let new_at = rfc3339(now_ms() + 1000);
     let moved = create(
@@ -297,9 +367,21 @@ async fn batch_of_a_thousand_with_bad_items() {
     let chime = Chime::start("api-batch", &mut receiver).await;
     let api = Api::new(&chime.api);
     let bad: [(usize, Value, &str); 4] = [
-        (10, json!({"delay_ms": 500, "callback": {"url": "ftp://x/y"}}), "callback.url"),
-        (500, json!({"delay_ms": -1, "callback": {"url": receiver.url("/bad")}}), "delay_ms"),
-        (777, json!({"delay_ms": 500, "colour": "red", "callback": {"url": receiver.url("/bad")}}), "colour"),
+        (
+            10,
+            json!({"delay_ms": 500, "callback": {"url": "ftp://x/y"}}),
+            "callback.url",
+        ),
+        (
+            500,
+            json!({"delay_ms": -1, "callback": {"url": receiver.url("/bad")}}),
+            "delay_ms",
+        ),
+        (
+            777,
+            json!({"delay_ms": 500, "colour": "red", "callback": {"url": receiver.url("/bad")}}),
+            "colour",
+        ),
         (999, json!("not an object"), "body"),
     ];
     let timers: Vec<Value> = (0..1000)
@@ -309,7 +391,9 @@ async fn batch_of_a_thousand_with_bad_items() {
                            "callback": {"url": receiver.url(&format!("/batch/{i}"))}}),
         })
         .collect();
-    let answer = api.post("/v1/timers/batch", json!({"timers": timers})).await;
+    let answer = api
+        .post("/v1/timers/batch", json!({"timers": timers}))
+        .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.body["created"], 996);
     assert_eq!(answer.body["failed"], 4);
@@ -337,9 +421,14 @@ async fn batch_of_a_thousand_with_bad_items() {
     assert!(paths.iter().all(|p| p.starts_with("/batch/")));
 
     let too_many: Vec<Value> = (0..1001).map(|_| json!({})).collect();
-    let refused = api.post("/v1/timers/batch", json!({"timers": too_many})).await;
+    let refused = api
+        .post("/v1/timers/batch", json!({"timers": too_many}))
+        .await;
     assert_eq!(refused.status, 413, "{}", refused.body);
-    assert_eq!((&refused.body["field"], &refused.body["limit"]), (&json!("timers"), &json!(1000)));
+    assert_eq!(
+        (&refused.body["field"], &refused.body["limit"]),
+        (&json!("timers"), &json!(1000))
+    );
     chime.stop().await;
 }
 
@@ -362,7 +451,11 @@ async fn docs_openapi_and_metrics() {
 
     let docs = api.get("/docs/").await;
     assert_eq!(docs.status, 200);
-    assert!(docs.body.as_str().unwrap_or("").contains("swagger-ui"), "{}", docs.body);
+    assert!(
+        docs.body.as_str().unwrap_or("").contains("swagger-ui"),
+        "{}",
+        docs.body
+    );
     let redirect = api.get("/docs").await; // reqwest follows the redirect to /docs/
     assert_eq!(redirect.status, 200);
     let doc = api.get("/openapi.json").await;
@@ -383,44 +476,83 @@ async fn docs_openapi_and_metrics() {
         for method in item.as_object().unwrap().keys() {
             let concrete = path.replace("{id}", "no-such-timer");
             let a = api
-                .send(method.to_uppercase().parse().unwrap(), &concrete, Some(json!({})))
+                .send(
+                    method.to_uppercase().parse().unwrap(),
+                    &concrete,
+                    Some(json!({})),
+                )
                 .await;
-            assert!(a.status != 405, "{method} {path} is documented but not served");
+            assert!(
+                a.status != 405,
+                "{method} {path} is documented but not served"
+            );
             if !path.contains("{id}") {
-                assert!(a.status != 404, "{method} {path} is documented but not served");
+                assert!(
+                    a.status != 404,
+                    "{method} {path} is documented but not served"
+                );
             }
         }
     }
-    for schema in ["CreateTimer", "TimerState", "ErrorBody", "CreateBatch", "BatchCreated", "Callback"] {
-        assert!(doc.body["components"]["schemas"][schema].is_object(), "schema {schema} missing");
+    for schema in [
+        "CreateTimer",
+        "TimerState",
+        "ErrorBody",
+        "CreateBatch",
+        "BatchCreated",
+        "Callback",
+    ] {
+        assert!(
+            doc.body["components"]["schemas"][schema].is_object(),
+            "schema {schema} missing"
+        );
     }
 
     let before = api.get("/metrics").await.body.as_str().unwrap().to_string();
     let created = api
-        .post("/v1/timers", json!({"delay_ms": 0, "callback": {"url": receiver.url("/m")}}))
+        .post(
+            "/v1/timers",
+            json!({"delay_ms": 0, "callback": {"url": receiver.url("/m")}}),
+        )
         .await;
     assert_eq!(created.status, 201);
-    api.post("/v1/timers", json!({"delay_ms": 600000, "callback": {"url": receiver.url("/later")}}))
-        .await;
+    api.post(
+        "/v1/timers",
+        json!({"delay_ms": 600000, "callback": {"url": receiver.url("/later")}}),
+    )
+    .await;
     receiver.expect(1, Duration::from_secs(30)).await;
     let series: [(&str, &[&str]); 5] = [
-        ("chime_http_requests_total", &["route=\"/v1/timers\"", "method=\"POST\"", "status=\"201\""]),
+        (
+            "chime_http_requests_total",
+            &["route=\"/v1/timers\"", "method=\"POST\"", "status=\"201\""],
+        ),
         ("chime_kafka_produce_seconds_count", &["outcome=\"ok\""]),
         ("chime_engine_fire_lateness_seconds_count", &[]),
         ("chime_engine_commit_seconds_count", &[]),
         ("chime_dispatcher_outcomes_total", &["class=\"delivered\""]),
     ];
-    let after = eventually("every series to move", Duration::from_secs(30), async || {
-        let now = api.get("/metrics").await.body.as_str().unwrap().to_string();
-        let moved = series
-            .iter()
-            .all(|(name, labels)| metric(&now, name, labels) > metric(&before, name, labels));
-        // The far timer is pending once the engine applied it.
-        (moved && metric(&now, "chime_engine_pending_timers", &[]) >= 1.0).then_some(now)
-    })
+    let after = eventually(
+        "every series to move",
+        Duration::from_secs(30),
+        async || {
+            let now = api.get("/metrics").await.body.as_str().unwrap().to_string();
+            let moved = series
+                .iter()
+                .all(|(name, labels)| metric(&now, name, labels) > metric(&before, name, labels));
+            // The far timer is pending once the engine applied it.
+            (moved && metric(&now, "chime_engine_pending_timers", &[]) >= 1.0).then_some(now)
+        },
+    )
     .await;
-    assert!(after.contains("chime_engine_partitions{state=\"live\"}"), "{after}");
-    assert!(after.contains("chime_engine_fire_lateness_seconds_bucket"), "a histogram: {after}");
+    assert!(
+        after.contains("chime_engine_partitions{state=\"live\"}"),
+        "{after}"
+    );
+    assert!(
+        after.contains("chime_engine_fire_lateness_seconds_bucket"),
+        "a histogram: {after}"
+    );
     chime.stop().await;
 }
 
@@ -439,12 +571,24 @@ async fn api_keys_guard_the_api_but_not_health() {
 
     let missing = api.post("/v1/timers", body.clone()).await;
     assert_eq!(missing.status, 401, "{}", missing.body);
-    assert!(missing.body["error"].as_str().unwrap().contains("Authorization"));
-    for (method, path) in [("GET", "/v1/timers/x"), ("DELETE", "/v1/timers/x"), ("GET", "/timers/x")] {
+    assert!(missing.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("Authorization"));
+    for (method, path) in [
+        ("GET", "/v1/timers/x"),
+        ("DELETE", "/v1/timers/x"),
+        ("GET", "/timers/x"),
+    ] {
         let a = api.send(method.parse().unwrap(), path, None).await;
         assert_eq!(a.status, 401, "{method} {path}");
     }
-    let legacy = api.post("/timers", json!({"seconds": 1, "url": "http://127.0.0.1:9"})).await;
+    let legacy = api
+        .post(
+            "/timers",
+            json!({"seconds": 1, "url": "http://127.0.0.1:9"}),
+        )
+        .await;
     assert_eq!(legacy.status, 401);
     api.key = Some("wrong-key".into());
     let wrong = api.post("/v1/timers", body.clone()).await;
@@ -472,7 +616,10 @@ async fn api_keys_guard_the_api_but_not_health() {
     let crowded = request.send().await.unwrap();
     assert_eq!(crowded.status(), 413);
     let body: Value = crowded.json().await.unwrap();
-    assert_eq!((&body["field"], &body["limit"]), (&json!("headers"), &json!(64)));
+    assert_eq!(
+        (&body["field"], &body["limit"]),
+        (&json!("headers"), &json!(64))
+    );
     shutdown.cancel();
 }
 
@@ -516,7 +663,11 @@ impl ChimeProcess {
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "engine did not stop; log {:?}", self.log);
+            assert!(
+                Instant::now() < deadline,
+                "engine did not stop; log {:?}",
+                self.log
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -540,27 +691,70 @@ async fn status_is_routed_to_the_owning_engine_process() {
     const PARTS: i32 = 4;
     let prefix = unique_prefix("api-routing");
     let topics = Topics::new(&prefix);
-    chime_wire::kafka::create_topics(&bootstrap(), &topics, PARTS).await.unwrap();
+    chime_wire::kafka::create_topics(&bootstrap(), &topics, PARTS)
+        .await
+        .unwrap();
     let boot = bootstrap();
     let status_a = free_port();
     let status_b = free_port();
     let engine = |name: &str, status: &str| {
         ChimeProcess::spawn(
             &format!("{prefix}-{name}"),
-            &["--kafka", &boot, "--topic-prefix", &prefix, "engine", "--session-timeout-ms", "6000",
-              "--status-listen", status, "--instance-id", name],
+            &[
+                "--kafka",
+                &boot,
+                "--topic-prefix",
+                &prefix,
+                "engine",
+                "--session-timeout-ms",
+                "6000",
+                "--status-listen",
+                status,
+                "--instance-id",
+                name,
+            ],
         )
     };
     let mut a = engine("a", &status_a);
     let _b = engine("b", &status_b);
-    let (ingest, _stop) = start_ingest(IngestConfig::new(&boot, &prefix)).await;
-    let api = Api::new(&ingest);
+    let ingest_addr = free_port();
+    let _ingest = ChimeProcess::spawn(
+        &format!("{prefix}-ingest"),
+        &[
+            "--kafka",
+            &boot,
+            "--topic-prefix",
+            &prefix,
+            "ingest",
+            "--listen",
+            &ingest_addr,
+        ],
+    );
+    let api = Api::new(&format!("http://{ingest_addr}"));
+    let http = reqwest::Client::new();
+    eventually(
+        "the ingest process to listen",
+        Duration::from_secs(30),
+        async || {
+            let r = http
+                .get(format!("http://{ingest_addr}/healthz"))
+                .send()
+                .await;
+            r.is_ok_and(|r| r.status() == 200).then_some(())
+        },
+    )
+    .await;
 
     let fire_at = rfc3339(now_ms() + 600_000);
-    let pending: Vec<String> = (0..PARTS).map(|p| id_on_partition("route-p", p, PARTS)).collect();
-    let cancelled: Vec<String> = (0..PARTS).map(|p| id_on_partition("route-c", p, PARTS)).collect();
+    let pending: Vec<String> = (0..PARTS)
+        .map(|p| id_on_partition("route-p", p, PARTS))
+        .collect();
+    let cancelled: Vec<String> = (0..PARTS)
+        .map(|p| id_on_partition("route-c", p, PARTS))
+        .collect();
     for id in pending.iter().chain(&cancelled) {
-        let body = json!({"id": id, "fire_at": fire_at, "callback": {"url": "http://127.0.0.1:9/x"}});
+        let body =
+            json!({"id": id, "fire_at": fire_at, "callback": {"url": "http://127.0.0.1:9/x"}});
         let created = api.post("/v1/timers", body).await;
         assert_eq!(created.status, 201, "{}", created.body);
     }
@@ -569,13 +763,16 @@ async fn status_is_routed_to_the_owning_engine_process() {
     }
 
     // Who owns what, asked of each engine directly.
-    let http = reqwest::Client::new();
     let owned_by = async |engine: &str| -> Vec<i32> {
         let mut owned = Vec::new();
         for (p, id) in pending.iter().enumerate() {
             let url = format!("http://{engine}/internal/v1/partitions/{p}/timers/{id}");
             if let Ok(r) = http.get(url).send().await {
-                if r.json::<Value>().await.ok().is_some_and(|b| b["state"] == "pending") {
+                if r.json::<Value>()
+                    .await
+                    .ok()
+                    .is_some_and(|b| b["state"] == "pending")
+                {
                     owned.push(p as i32);
                 }
             }
@@ -596,26 +793,55 @@ async fn status_is_routed_to_the_owning_engine_process() {
         }
         true
     };
-    let (owned_a, owned_b) = eventually("both engines to own partitions", Duration::from_secs(90), async || {
-        let (oa, ob) = (owned_by(&status_a).await, owned_by(&status_b).await);
-        (!oa.is_empty() && !ob.is_empty() && oa.len() + ob.len() == PARTS as usize).then_some((oa, ob))
-    })
+    let (owned_a, owned_b) = eventually(
+        "both engines to own partitions",
+        Duration::from_secs(90),
+        async || {
+            let (oa, ob) = (owned_by(&status_a).await, owned_by(&status_b).await);
+            (!oa.is_empty() && !ob.is_empty() && oa.len() + ob.len() == PARTS as usize)
+                .then_some((oa, ob))
+        },
+    )
     .await;
-    eventually("ingest to answer for every partition", Duration::from_secs(30), async || {
-        all_answered().await.then_some(())
-    })
+    eventually(
+        "ingest to answer for every partition",
+        Duration::from_secs(30),
+        async || all_answered().await.then_some(()),
+    )
     .await;
-    tracing::info!(?owned_a, ?owned_b, "ingest answered for partitions of both engines");
+    tracing::info!(
+        ?owned_a,
+        ?owned_b,
+        "ingest answered for partitions of both engines"
+    );
 
     // Engine a stops; its partitions move to b, which answers for them too.
     a.terminate();
-    eventually("b to own every partition", Duration::from_secs(60), async || {
-        (owned_by(&status_b).await.len() == PARTS as usize).then_some(())
-    })
+    eventually(
+        "b to own every partition",
+        Duration::from_secs(60),
+        async || (owned_by(&status_b).await.len() == PARTS as usize).then_some(()),
+    )
     .await;
-    eventually("ingest to answer after the move", Duration::from_secs(30), async || {
-        all_answered().await.then_some(())
-    })
+    eventually(
+        "ingest to answer after the move",
+        Duration::from_secs(30),
+        async || all_answered().await.then_some(()),
+    )
+    .await;
+    // The engine's own operations endpoints: ready, and its pending gauge.
+    eventually(
+        "engine b ready with 4 pending timers",
+        Duration::from_secs(30),
+        async || {
+            let ready = http.get(format!("http://{status_b}/readyz")).send().await;
+            let metrics = http.get(format!("http://{status_b}/metrics")).send().await;
+            let text = metrics.ok()?.text().await.ok()?;
+            (ready.is_ok_and(|r| r.status() == 200)
+                && metric(&text, "chime_engine_pending_timers", &[]) == PARTS as f64)
+                .then_some(())
+        },
+    )
     .await;
 }
 
@@ -632,8 +858,14 @@ impl OutageBroker {
         let cache = root.join(".cache");
         OutageBroker {
             env: vec![
-                ("CHIME_KAFKA_HOME".into(), cache.join("kafka-outage").display().to_string()),
-                ("CHIME_KAFKA_JARS".into(), cache.join("kafka/jars").display().to_string()),
+                (
+                    "CHIME_KAFKA_HOME".into(),
+                    cache.join("kafka-outage").display().to_string(),
+                ),
+                (
+                    "CHIME_KAFKA_JARS".into(),
+                    cache.join("kafka/jars").display().to_string(),
+                ),
                 ("CHIME_KAFKA_PORT".into(), "19092".into()),
                 ("CHIME_KAFKA_CONTROLLER_PORT".into(), "19093".into()),
                 ("CHIME_KAFKA_HEAP".into(), "256m".into()),
@@ -693,9 +925,22 @@ async fn broker_outage_gives_503_and_recovers() {
     let refused = api.post("/v1/timers", body.clone()).await;
     let took = started.elapsed();
     assert_eq!(refused.status, 503, "{}", refused.body);
-    assert!(took < ack_timeout + Duration::from_secs(2), "answered after {took:?}");
-    assert_eq!(refused.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
-    assert!(refused.body["error"].as_str().unwrap().contains("Kafka"), "{}", refused.body);
+    assert!(
+        took < ack_timeout + Duration::from_secs(2),
+        "answered after {took:?}"
+    );
+    assert_eq!(
+        refused
+            .headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert!(
+        refused.body["error"].as_str().unwrap().contains("Kafka"),
+        "{}",
+        refused.body
+    );
     eventually("/readyz to fail", Duration::from_secs(20), async || {
         let a = api.get("/readyz").await;
         (a.status == 503).then_some(a.body)

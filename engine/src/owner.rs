@@ -68,6 +68,9 @@ pub struct Owner {
     /// Owned partitions, shared with status readers.
     status: EngineStatus,
     inbox: Vec<InputRecord>,
+    /// Reads the group's committed offsets (read_committed: it waits for
+    /// pending transactional offsets) without being a member of the group.
+    offsets_reader: BaseConsumer,
     /// Per partition, the input offset at which the consumer last reported
     /// end of partition, while no record has arrived since. librdkafka reports
     /// an end only once per offset, so a rebuild that resumes exactly there
@@ -99,7 +102,14 @@ impl Owner {
         .create_with_context(GroupContext::new(&config.topics.timers))?;
         consumer.subscribe(&[&config.topics.timers])?;
         let producer = transactional_producer(&config)?;
+        let offsets_reader: BaseConsumer = chime_wire::kafka::consumer_config(
+            &config.bootstrap,
+            &format!("{}-offsets", config.client_id()),
+            &config.group_id,
+        )
+        .create()?;
         Ok(Owner {
+            offsets_reader,
             config,
             consumer,
             producer,
@@ -227,7 +237,10 @@ impl Owner {
             tpl.add_partition(topic, p);
         }
         self.status.lock().loading.extend(parts.iter().copied());
-        let committed = self.consumer.committed_offsets(tpl, KAFKA_TIMEOUT)?;
+        // Asked through a consumer outside the group: the group consumer's
+        // own state machine stalls for seconds when the application queries
+        // offsets while librdkafka is starting newly assigned partitions.
+        let committed = self.offsets_reader.committed_offsets(tpl, KAFKA_TIMEOUT)?;
         let mut rebuilt = changelog::load(&self.config, parts, now_ms())?;
         for &p in parts {
             let next_offset = match committed.find_partition(topic, p).map(|e| e.offset()) {
@@ -236,7 +249,9 @@ impl Owner {
             };
             if seek {
                 let from = next_offset.map_or(Offset::Beginning, Offset::Offset);
-                self.consumer.seek(topic, p, from, KAFKA_TIMEOUT)?;
+                if let Err(e) = self.consumer.seek(topic, p, from, KAFKA_TIMEOUT) {
+                    tracing::warn!(partition = p, error = %e, "seek failed");
+                }
             }
             let (wheel, finished) = rebuilt
                 .remove(&p)
@@ -351,7 +366,13 @@ impl Owner {
         tracing::warn!(error = %err, "transaction failed; rebuilding owned partitions");
         let fatal = matches!(err.downcast_ref::<KafkaError>(),
             Some(KafkaError::Transaction(e)) if e.is_fatal());
-        if fatal || self.producer.abort_transaction(TXN_TIMEOUT).is_err() {
+        let aborted = if fatal {
+            Err(anyhow::anyhow!("fatal producer error"))
+        } else {
+            self.producer.abort_transaction(TXN_TIMEOUT).map_err(anyhow::Error::from)
+        };
+        if let Err(e) = aborted {
+            tracing::warn!(error = %e, "abort failed; replacing the transactional producer");
             self.producer = transactional_producer(&self.config)?;
         }
         self.inbox.clear();
