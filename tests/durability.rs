@@ -91,18 +91,8 @@ async fn failover_after_kill9_of_one_of_three_engines_fires_every_timer_exactly_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_hands_partitions_over_without_duplicates() {
+async fn sigterm_hands_partitions_over_without_duplicates_or_a_long_pause() {
     let (prefix, pause_ms) = graceful_handover("graceful").await;
-    assert_exactly_once(&audit(&prefix).await, TIMERS);
-    eprintln!("firing paused up to {pause_ms} ms after the SIGTERM");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: after a graceful handover the new owner's librdkafka consumer \
-            starts the moved partitions 1-10 s late (pause up to ~12 s, over the 6 s \
-            session timeout); exactly-once holds — see docs/design.md, Known gaps"]
-async fn sigterm_handover_pauses_firing_well_under_the_session_timeout() {
-    let (_, pause_ms) = graceful_handover("handover-pause").await;
     // Timers that came due after the SIGTERM waited at most for the handover:
     // the leaving engine's revocation plus the new owner's rebuild, well under
     // the session timeout a crash would cost.
@@ -110,6 +100,7 @@ async fn sigterm_handover_pauses_firing_well_under_the_session_timeout() {
         pause_ms < SESSION_TIMEOUT_MS / 2,
         "firing paused {pause_ms} ms after SIGTERM (session timeout {SESSION_TIMEOUT_MS} ms)"
     );
+    assert_exactly_once(&audit(&prefix).await, TIMERS);
 }
 
 /// Two engines; SIGTERM one mid-way. Returns the prefix and the worst

@@ -151,11 +151,19 @@ impl Owner {
             if let Some(due) = self.next_due_instant(now) {
                 until = until.min(due);
             }
-            if now >= until || self.inbox.len() >= MAX_INBOX {
+            if self.inbox.len() >= MAX_INBOX {
                 return Ok(());
             }
-            match self.consumer.poll(until - now) {
-                None => {}
+            // Always poll, with a zero timeout when a timer is already due:
+            // under steady load something is due at every turn, and a loop
+            // that skipped the poll then would starve input (cancels!) and
+            // group membership alike.
+            match self.consumer.poll(until.saturating_duration_since(now)) {
+                None => {
+                    if Instant::now() >= until {
+                        return Ok(());
+                    }
+                }
                 Some(Ok(m)) => {
                     first_record_at.get_or_insert_with(Instant::now);
                     self.end_of_input.remove(&m.partition());
@@ -165,23 +173,34 @@ impl Owner {
                         key: m.key().map(Bytes::copy_from_slice),
                         value: m.payload().map(Bytes::copy_from_slice),
                     });
-                }
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    // Every record written before now is applied (or in the
-                    // inbox, applied before any fire): the partition may fire.
-                    let mut owned = self.status.lock();
-                    if let Some(state) = owned.live.get_mut(&p) {
-                        if !state.caught_up {
-                            tracing::debug!(partition = p, "partition caught up");
-                        }
-                        state.caught_up = true;
-                        let end = state.next_offset.unwrap_or(0);
-                        let end = self.inbox.iter().filter(|r| r.partition == p).fold(end, |e, r| e.max(r.offset + 1));
-                        self.end_of_input.insert(p, end);
+                    // Drain what is at hand, but never past a tick late.
+                    if Instant::now() >= until + self.config.tick {
+                        return Ok(());
                     }
                 }
+                Some(Err(KafkaError::PartitionEOF(p))) => self.mark_caught_up(p),
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
             }
+        }
+    }
+
+    /// The consumer reached the end of partition `p`: every record written
+    /// before now is applied or in the inbox (applied before any fire), so the
+    /// partition may fire.
+    fn mark_caught_up(&mut self, p: i32) {
+        let mut owned = self.status.lock();
+        if let Some(state) = owned.live.get_mut(&p) {
+            if !state.caught_up {
+                tracing::debug!(partition = p, "partition caught up");
+            }
+            state.caught_up = true;
+            let applied = state.next_offset.unwrap_or(0);
+            let end = self
+                .inbox
+                .iter()
+                .filter(|r| r.partition == p)
+                .fold(applied, |end, r| end.max(r.offset + 1));
+            self.end_of_input.insert(p, end);
         }
     }
 
