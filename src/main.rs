@@ -99,7 +99,12 @@ struct IngestArgs {
     ack_timeout_ms: u64,
     /// API keys, comma separated; when set, /v1 and original-API requests need
     /// `Authorization: Bearer <key>`.
-    #[arg(long, env = "CHIME_API_KEYS", default_value = "", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CHIME_API_KEYS",
+        default_value = "",
+        hide_env_values = true
+    )]
     api_keys: String,
     /// Most timers in one `POST /v1/timers/batch`.
     #[arg(long, env = "CHIME_MAX_BATCH", default_value_t = 1000)]
@@ -112,7 +117,11 @@ struct IngestArgs {
 #[derive(Args, Clone)]
 struct EngineArgs {
     /// Address of the engine's internal status endpoint (port 0: any free port).
-    #[arg(long, env = "CHIME_ENGINE_STATUS_LISTEN", default_value = "127.0.0.1:0")]
+    #[arg(
+        long,
+        env = "CHIME_ENGINE_STATUS_LISTEN",
+        default_value = "127.0.0.1:0"
+    )]
     status_listen: SocketAddr,
     /// Address ingest should use to reach the status endpoint (default: the
     /// bound address; set it when listening on 0.0.0.0).

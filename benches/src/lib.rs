@@ -1,1 +1,4 @@
+//! chime's load tool, `chime bench` ([`load`]); the criterion benches live in
+//! `benches/`.
 
+pub mod load;

@@ -1,23 +1,36 @@
-//! One fire record → one HTTP call, and what happens with its outcome.
+//! One fire record → its HTTP call(s), and what must be written for it: a
+//! retry timer into `chime.timers` or a dead letter (committed by
+//! [`crate::commit`] together with the fire record's offset).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use chime_wire::record::{lossy, DeadLetter};
 use chime_wire::time::now_ms;
 use chime_wire::{TimerCommand, TimerSpec};
 
+use crate::address::{refusal_in, AddressPolicy, GuardedResolver};
+use crate::hosts::HostLimits;
+use crate::retry::{classify, random_unit, CallResult, RetryDefaults};
+use crate::signing::{idempotency_key, Signer, HEADER_IDEMPOTENCY_KEY, HEADER_SIGNATURE};
 use crate::DispatcherConfig;
 
 /// Request header naming the timer (percent-encoded if not plain ASCII).
 pub const HEADER_TIMER_ID: &str = "chime-timer-id";
-/// Request header with the timer's due time, unix milliseconds.
+/// Request header with this attempt's due time, unix milliseconds.
 pub const HEADER_FIRE_AT: &str = "chime-fire-at-ms";
 /// Request header with the attempt number, from 1.
 pub const HEADER_ATTEMPT: &str = "chime-attempt";
+
+/// At most this much of an error answer's body is kept for the dead letter.
+const EXCERPT_BYTES: usize = 256;
+/// An answer body is read (so the connection can be reused) up to this size.
+const DRAIN_BYTES: usize = 64 * 1024;
 
 /// A fire record as the dispatcher sees it.
 pub struct FireRecord {
@@ -50,98 +63,243 @@ impl FireRecord {
     }
 }
 
+/// A record to write in the transaction that commits the fire record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRecord {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
 /// How a fire record was settled.
 #[derive(Debug)]
-pub enum Outcome {
-    /// The callback answered 2xx.
-    Delivered,
-    /// Given up on, and written to the dead-letter topic.
-    DeadLettered,
-    /// Could not even be dead-lettered; must not be committed.
-    Failed(anyhow::Error),
+pub enum Settled {
+    /// Done; `Some` is what to write for it (a retry timer or a dead letter).
+    Done(Option<OutputRecord>),
+    /// Shutdown came first; the record stays uncommitted for the next owner.
+    Abandoned,
 }
 
 pub struct Delivery {
     http: reqwest::Client,
-    producer: FutureProducer,
+    addresses: Arc<AddressPolicy>,
+    hosts: Arc<HostLimits>,
+    calls: Arc<Semaphore>,
+    signer: Option<Signer>,
+    retry: RetryDefaults,
+    wait_in_place_below: Duration,
+    timers: String,
     dead_letters: String,
     fires: String,
 }
 
 impl Delivery {
-    pub fn new(config: &DispatcherConfig, producer: FutureProducer) -> anyhow::Result<Self> {
+    pub fn new(config: &DispatcherConfig) -> anyhow::Result<Self> {
+        let addresses = Arc::new(config.addresses.clone());
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(config.max_in_flight_per_host)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_keepalive(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            // A proxy would resolve (and reach) what the guard never saw.
+            .no_proxy()
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: addresses.clone(),
+            }))
             // A redirect could point a callback anywhere; callers get the 3xx.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("chime/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Delivery {
             http,
-            producer,
+            addresses,
+            hosts: HostLimits::new(config.max_in_flight_per_host),
+            calls: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            signer: config
+                .signing_secret
+                .as_ref()
+                .map(|s| Signer::new(&s.0))
+                .transpose()?,
+            retry: config.retry,
+            wait_in_place_below: config.wait_in_place_below,
+            timers: config.topics.timers.clone(),
             dead_letters: config.topics.dead_letters.clone(),
             fires: config.topics.fires.clone(),
         })
     }
 
-    pub async fn deliver(&self, fire: FireRecord) -> Outcome {
-        let spec = match &fire.timer {
-            Ok(spec) => spec,
-            Err(reason) => return self.dead_letter(&fire, reason.clone(), None, None).await,
-        };
-        // The contract: never before the due time.
-        let wait = spec.fire_at_ms.saturating_sub(now_ms());
-        if wait > 0 {
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-        }
-        match self.call(spec).await {
-            Ok(status) if status.is_success() => Outcome::Delivered,
-            Ok(status) => {
-                let reason = format!("callback answered {status}");
-                self.dead_letter(&fire, reason, Some(spec.attempt), Some(status.as_u16()))
-                    .await
+    /// Calls the timer's callback no earlier than its due time, retrying in
+    /// place while the backoff is short. `abandon` ends every wait (due time,
+    /// backoff, a free slot) but not a call already made.
+    pub async fn deliver(&self, fire: FireRecord, abandon: &CancellationToken) -> Settled {
+        let mut spec = match &fire.timer {
+            Ok(spec) => spec.clone(),
+            Err(reason) => {
+                return Settled::Done(Some(self.dead_letter(&fire, None, reason.clone(), None)))
             }
-            Err(e) => {
-                let reason = format!("callback failed: {e}");
-                self.dead_letter(&fire, reason, Some(spec.attempt), None)
-                    .await
+        };
+        let first_fire_at = spec.first_fire_at_ms.unwrap_or(spec.fire_at_ms);
+        let key = idempotency_key(&spec.id, first_fire_at);
+        let policy = self.retry.apply(&spec.retry);
+        loop {
+            // The contract: never before the due time.
+            let wait = spec.fire_at_ms.saturating_sub(now_ms());
+            if wait > 0 && !wait_or_abandon(Duration::from_millis(wait), abandon).await {
+                return Settled::Abandoned;
+            }
+            let Some(result) = self.attempt(&spec, &key, abandon).await else {
+                return Settled::Abandoned;
+            };
+            metrics::counter!("chime_dispatcher_outcomes_total", "class" => result.class())
+                .increment(1);
+            let (status, error, retry_after_ms) = match result {
+                CallResult::Delivered => return Settled::Done(None),
+                CallResult::Permanent { status, error } => {
+                    return Settled::Done(Some(self.dead_letter(&fire, Some(&spec), error, status)))
+                }
+                CallResult::Retryable {
+                    status,
+                    error,
+                    retry_after_ms,
+                } => (status, error, retry_after_ms),
+            };
+            if spec.attempt >= policy.max_attempts {
+                let reason = format!("gave up after {} attempts; last: {error}", spec.attempt);
+                return Settled::Done(Some(self.dead_letter(&fire, Some(&spec), reason, status)));
+            }
+            let backoff = policy
+                .backoff_ms(spec.attempt, random_unit())
+                .max(retry_after_ms.unwrap_or(0));
+            let next_at = now_ms().saturating_add(backoff);
+            let deadline = first_fire_at.saturating_add(policy.deadline_ms);
+            if next_at > deadline {
+                let reason = format!(
+                    "retry deadline passed ({} ms after the first due time) after {} attempts; last: {error}",
+                    policy.deadline_ms, spec.attempt
+                );
+                return Settled::Done(Some(self.dead_letter(&fire, Some(&spec), reason, status)));
+            }
+            tracing::debug!(id = %spec.id, attempt = spec.attempt, backoff, %error, "callback failed; will retry");
+            spec.attempt += 1;
+            spec.fire_at_ms = next_at;
+            spec.first_fire_at_ms = Some(first_fire_at);
+            if Duration::from_millis(backoff) >= self.wait_in_place_below {
+                // A long backoff becomes a timer, so no dispatcher sleeps on it.
+                return Settled::Done(Some(OutputRecord {
+                    topic: self.timers.clone(),
+                    key: Some(spec.id.clone().into_bytes()),
+                    payload: TimerCommand::Schedule(spec).encode(),
+                }));
             }
         }
     }
 
-    async fn call(&self, spec: &TimerSpec) -> anyhow::Result<reqwest::StatusCode> {
+    /// One call, once a slot at the destination and a global slot are free.
+    /// None if abandoned while waiting for them.
+    async fn attempt(
+        &self,
+        spec: &TimerSpec,
+        key: &str,
+        abandon: &CancellationToken,
+    ) -> Option<CallResult> {
+        let url = match url::Url::parse(&spec.callback.url) {
+            Ok(u) => u,
+            Err(e) => {
+                return Some(CallResult::Permanent {
+                    status: None,
+                    error: format!("callback.url is not a URL: {e}"),
+                })
+            }
+        };
+        if let Err(refused) = self.addresses.check_url(&url) {
+            return Some(CallResult::Permanent {
+                status: None,
+                error: refused.to_string(),
+            });
+        }
+        let destination = format!(
+            "{}://{}:{}",
+            url.scheme(),
+            url.host_str().unwrap_or_default(),
+            url.port_or_known_default().unwrap_or(0)
+        );
+        // The destination's slot first: a call waiting on a busy host holds
+        // none of the slots other hosts need.
+        let _host = tokio::select! {
+            p = self.hosts.acquire(&destination) => p,
+            _ = abandon.cancelled() => return None,
+        };
+        let _slot = tokio::select! {
+            p = self.calls.acquire() => p.expect("the call semaphore is never closed"),
+            _ = abandon.cancelled() => return None,
+        };
+        Some(match self.call(spec, url, key).await {
+            Ok(r) => r,
+            Err(e) => e,
+        })
+    }
+
+    async fn call(
+        &self,
+        spec: &TimerSpec,
+        url: url::Url,
+        key: &str,
+    ) -> Result<CallResult, CallResult> {
+        let permanent = |error: String| CallResult::Permanent {
+            status: None,
+            error,
+        };
         let cb = &spec.callback;
-        let method = reqwest::Method::from_bytes(cb.method.as_bytes())?;
+        let method = reqwest::Method::from_bytes(cb.method.as_bytes())
+            .map_err(|e| permanent(format!("callback.method: {e}")))?;
         let mut headers = HeaderMap::new();
         for (name, value) in &cb.headers {
-            headers.insert(
-                HeaderName::from_bytes(name.as_bytes())?,
-                HeaderValue::from_str(value)?,
-            );
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| permanent(format!("callback.headers.{name}: {e}")))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|e| permanent(format!("callback.headers.{name}: {e}")))?;
+            headers.insert(name, value);
         }
         let id: String = url::form_urlencoded::byte_serialize(spec.id.as_bytes()).collect();
-        headers.insert(HEADER_TIMER_ID, HeaderValue::from_str(&id)?);
+        let id = HeaderValue::from_str(&id)
+            .map_err(|e| permanent(format!("timer id as a header: {e}")))?;
+        headers.insert(HEADER_TIMER_ID, id);
         headers.insert(HEADER_FIRE_AT, HeaderValue::from(spec.fire_at_ms));
         headers.insert(HEADER_ATTEMPT, HeaderValue::from(spec.attempt));
+        headers.insert(
+            HEADER_IDEMPOTENCY_KEY,
+            HeaderValue::from_str(key).map_err(|e| permanent(e.to_string()))?,
+        );
+        if let Some(signer) = &self.signer {
+            let signature = signer.sign(now_ms(), cb.body.as_bytes());
+            headers.insert(
+                HEADER_SIGNATURE,
+                HeaderValue::from_str(&signature).map_err(|e| permanent(e.to_string()))?,
+            );
+        }
         let response = self
             .http
-            .request(method, &cb.url)
+            .request(method, url)
             .headers(headers)
             .body(cb.body.clone())
             .send()
-            .await?;
-        Ok(response.status())
+            .await
+            .map_err(|e| failed_call(&e))?;
+        let status = response.status();
+        let answer_headers = response.headers().clone();
+        let excerpt = drain(response, !status.is_success()).await;
+        Ok(classify(status, &answer_headers, &excerpt))
     }
 
-    async fn dead_letter(
+    fn dead_letter(
         &self,
         fire: &FireRecord,
+        last: Option<&TimerSpec>,
         reason: String,
-        attempts: Option<u32>,
         last_status: Option<u16>,
-    ) -> Outcome {
+    ) -> OutputRecord {
         tracing::warn!(partition = fire.partition, offset = fire.offset, %reason, "dead-lettering fire");
         let letter = DeadLetter {
             reason,
@@ -155,18 +313,70 @@ impl Delivery {
                         .into_owned()
                 })
             }),
-            attempts,
+            attempts: last.map(|s| s.attempt),
             last_status,
             dead_at_ms: now_ms(),
+        };
+        OutputRecord {
+            topic: self.dead_letters.clone(),
+            key: fire.key.clone().map(String::into_bytes),
+            payload: letter.encode(),
         }
-        .encode();
-        let mut record = FutureRecord::to(&self.dead_letters).payload(&letter);
-        if let Some(k) = &fire.key {
-            record = record.key(k.as_str());
+    }
+}
+
+/// A call that got no answer: a refused address is permanent; a timeout or a
+/// connection error is worth a retry.
+fn failed_call(e: &reqwest::Error) -> CallResult {
+    if let Some(refused) = refusal_in(e) {
+        return CallResult::Permanent {
+            status: None,
+            error: refused.to_string(),
+        };
+    }
+    let what = if e.is_timeout() {
+        "callback timed out"
+    } else if e.is_connect() {
+        "callback connection failed"
+    } else {
+        "callback failed"
+    };
+    let mut error = format!("{what}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        error.push_str(": ");
+        error.push_str(&s.to_string());
+        source = s.source();
+    }
+    CallResult::Retryable {
+        status: None,
+        error,
+        retry_after_ms: None,
+    }
+}
+
+/// Reads the answer body (up to a limit) so the connection goes back to the
+/// pool; returns its start as text when `keep` (for an error message).
+async fn drain(mut response: reqwest::Response, keep: bool) -> String {
+    let mut read = 0;
+    let mut excerpt = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        if keep && excerpt.len() < EXCERPT_BYTES {
+            let take = (EXCERPT_BYTES - excerpt.len()).min(chunk.len());
+            excerpt.extend_from_slice(&chunk[..take]);
         }
-        match self.producer.send(record, Duration::from_secs(30)).await {
-            Ok(_) => Outcome::DeadLettered,
-            Err((e, _)) => Outcome::Failed(e.into()),
+        read += chunk.len();
+        if read > DRAIN_BYTES {
+            break;
         }
+    }
+    String::from_utf8_lossy(&excerpt).trim().to_string()
+}
+
+/// Sleeps `d`; false if abandoned first.
+async fn wait_or_abandon(d: Duration, abandon: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = abandon.cancelled() => false,
     }
 }

@@ -1,38 +1,76 @@
 //! The chime dispatcher: consumes `chime.fires` and makes each timer's HTTP
 //! call, never before its due time, at least once.
 //!
-//! Many calls run at once ([`DispatcherConfig::max_in_flight`]); a record's
-//! offset is committed only once it and every record before it on its
-//! partition have finished ([`progress::PartitionProgress`]), so a crash
-//! re-delivers what was in flight and nothing else is lost.
+//! * Many calls run at once: at most [`DispatcherConfig::max_in_flight`] in
+//!   all and [`DispatcherConfig::max_in_flight_per_host`] per destination
+//!   ([`hosts`]); a partition with
+//!   [`DispatcherConfig::max_in_flight_per_partition`] records unfinished is
+//!   paused until some finish.
+//! * Offsets are committed only up to the lowest unfinished record of each
+//!   partition ([`progress`]), every [`DispatcherConfig::commit_interval`], in a
+//!   Kafka transaction that also writes what the finished records owe — retry
+//!   timers and dead letters ([`commit`]). A crash re-delivers what was in
+//!   flight or not yet committed, and loses nothing.
+//! * What a call carries and how its outcome is judged: [`delivery`],
+//!   [`retry`], [`signing`]; which addresses it may reach: [`address`].
 
+pub mod address;
+pub mod commit;
 pub mod delivery;
+pub mod hosts;
 pub mod progress;
+pub mod retry;
+pub mod signing;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
-use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{mpsc, Semaphore};
+use rdkafka::TopicPartitionList;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use chime_wire::Topics;
 
-use crate::delivery::{Delivery, Outcome};
+use crate::address::AddressPolicy;
+use crate::commit::{CommitBatch, Committer, PartitionOutputs};
+use crate::delivery::{Delivery, FireRecord, OutputRecord, Settled};
 use crate::progress::{PartitionProgress, RevocationContext};
+use crate::retry::RetryDefaults;
 
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
     pub bootstrap: String,
     pub topics: Topics,
     pub group_id: String,
-    /// Calls in flight at once, over all partitions.
+    /// HTTP calls in flight at once, over all destinations.
     pub max_in_flight: usize,
+    /// HTTP calls in flight at once to one destination (scheme, host, port).
+    pub max_in_flight_per_host: usize,
+    /// Fire records taken but not finished per partition (waiting for their
+    /// due time, a slot, or an answer) before the partition is paused.
+    pub max_in_flight_per_partition: usize,
     /// Deadline for one HTTP call.
     pub request_timeout: Duration,
+    /// Backoffs shorter than this are waited in place; longer ones become a
+    /// retry timer in `chime.timers`.
+    pub wait_in_place_below: Duration,
+    /// Retry policy where a timer's own says nothing.
+    pub retry: RetryDefaults,
+    /// Secret for the `chime-signature` header; no signature without it.
+    pub signing_secret: Option<signing::SigningSecret>,
+    /// Which callback addresses may be called.
+    pub addresses: AddressPolicy,
+    /// How often finished records are committed.
+    pub commit_interval: Duration,
+    /// How long in-flight calls may finish after shutdown is asked for.
+    pub shutdown_grace: Duration,
+    /// Consumer-group session timeout: how soon a dead dispatcher's partitions move.
+    pub session_timeout: Duration,
+    /// How long a dead dispatcher's open transaction can hold back readers.
+    pub transaction_timeout: Duration,
 }
 
 impl DispatcherConfig {
@@ -42,55 +80,107 @@ impl DispatcherConfig {
             topics: Topics::new(topic_prefix),
             group_id: format!("{topic_prefix}-dispatcher"),
             max_in_flight: 1024,
+            max_in_flight_per_host: 64,
+            max_in_flight_per_partition: 1000,
             request_timeout: Duration::from_secs(10),
+            wait_in_place_below: Duration::from_secs(1),
+            retry: RetryDefaults::default(),
+            signing_secret: None,
+            addresses: AddressPolicy::default(),
+            commit_interval: Duration::from_millis(100),
+            shutdown_grace: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(10),
+            transaction_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// A finished call: which record may now count as done.
+/// A delivery task's end.
 struct Finished {
     partition: i32,
+    epoch: u64,
     offset: i64,
+    settled: Settled,
 }
 
-/// Runs a dispatcher until `shutdown`; in-flight calls are finished first.
+type Progress = PartitionProgress<OutputRecord>;
+type CommitTask = JoinHandle<(Committer, CommitBatch, anyhow::Result<()>)>;
+
+/// The dispatcher's bookkeeping between the consumer and the delivery tasks.
+struct Dispatcher {
+    config: DispatcherConfig,
+    consumer: StreamConsumer<RevocationContext>,
+    progress: HashMap<i32, Progress>,
+    paused: HashSet<i32>,
+    next_epoch: u64,
+    /// Delivery tasks not yet finished.
+    running: usize,
+}
+
+/// Runs a dispatcher until `shutdown`: then it stops taking records, lets
+/// in-flight calls finish for up to [`DispatcherConfig::shutdown_grace`],
+/// commits, and leaves the group.
 pub async fn serve(config: DispatcherConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let consumer: StreamConsumer<RevocationContext> =
         chime_wire::kafka::consumer_config(&config.bootstrap, "chime-dispatcher", &config.group_id)
             .set("partition.assignment.strategy", "cooperative-sticky")
-            // Offsets are stored by hand (only finished records) and committed by
-            // librdkafka every 100 ms and on revocation.
-            .set("enable.auto.commit", "true")
+            .set(
+                "session.timeout.ms",
+                config.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (config.session_timeout.as_millis() / 5)
+                    .max(100)
+                    .to_string(),
+            )
+            // Offsets are committed only in the dispatcher's transactions.
+            .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", "100")
             .create_with_context(RevocationContext::default())?;
     consumer.subscribe(&[&config.topics.fires])?;
-    let producer: FutureProducer =
-        chime_wire::kafka::producer_config(&config.bootstrap, "chime-dispatcher").create()?;
-    let delivery = Arc::new(Delivery::new(&config, producer)?);
-    let slots = Arc::new(Semaphore::new(config.max_in_flight));
+    let delivery = Arc::new(Delivery::new(&config)?);
+    let committer = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Committer::new(&config)).await??
+    };
+    let mut d = Dispatcher {
+        config,
+        consumer,
+        progress: HashMap::new(),
+        paused: HashSet::new(),
+        next_epoch: 0,
+        running: 0,
+    };
+    // Waits (due time, backoff, slots) end at shutdown; calls made do not.
+    let abandon = CancellationToken::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
-    let mut progress: std::collections::HashMap<i32, PartitionProgress> = Default::default();
-    tracing::info!(group = %config.group_id, "dispatcher started");
+    let mut committer = Some(committer);
+    let mut commit_task: Option<CommitTask> = None;
+    let mut commit_tick = tokio::time::interval(d.config.commit_interval);
+    commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(group = %d.config.group_id, "dispatcher started");
 
     loop {
-        for p in consumer.context().take_revoked() {
-            progress.remove(&p);
-        }
+        d.forget_revoked();
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
-            Some(done) = done_rx.recv() => {
-                let Some(track) = progress.get_mut(&done.partition) else { continue };
-                if let Some(commit_at) = track.finish(done.offset) {
-                    store_offset(&consumer, &config.topics.fires, done.partition, commit_at);
+            Some(done) = done_rx.recv() => d.finished(done),
+            joined = async { commit_task.as_mut().expect("guarded").await }, if commit_task.is_some() => {
+                commit_task = None;
+                committer = Some(d.commit_done(joined)?);
+            }
+            _ = commit_tick.tick(), if committer.is_some() => {
+                if let Some(batch) = d.next_batch() {
+                    let mut c = committer.take().expect("guarded");
+                    commit_task = Some(tokio::task::spawn_blocking(move || {
+                        let result = c.commit(&batch);
+                        (c, batch, result)
+                    }));
                 }
             }
-            permit = slots.clone().acquire_owned() => {
-                let permit = permit?;
-                let msg = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    msg = consumer.recv() => msg,
-                };
+            msg = d.consumer.recv() => {
                 let msg = match msg {
                     Ok(m) => m,
                     Err(e) => {
@@ -98,62 +188,164 @@ pub async fn serve(config: DispatcherConfig, shutdown: CancellationToken) -> any
                         continue;
                     }
                 };
-                let (partition, offset) = (msg.partition(), msg.offset());
-                progress.entry(partition).or_default().start(offset);
-                let fire = delivery::FireRecord::from_message(&msg);
+                let fire = FireRecord::from_message(&msg);
+                drop(msg);
+                let (partition, offset) = (fire.partition, fire.offset);
+                let epoch = d.start(partition, offset);
                 let delivery = delivery.clone();
                 let done_tx = done_tx.clone();
+                let abandon = abandon.clone();
                 tokio::spawn(async move {
-                    let outcome = delivery.deliver(fire).await;
-                    if let Outcome::Failed(e) = &outcome {
-                        // Not even the dead letter could be written: leave the
-                        // offset uncommitted so a restart tries again.
-                        tracing::error!(partition, offset, error = %e, "fire not settled");
-                    } else {
-                        let _ = done_tx.send(Finished { partition, offset });
-                    }
-                    drop(permit);
+                    let settled = delivery.deliver(fire, &abandon).await;
+                    let _ = done_tx.send(Finished { partition, epoch, offset, settled });
                 });
             }
         }
     }
-    // Let in-flight calls finish, bounded by the request timeout.
-    let drain_deadline = tokio::time::Instant::now() + config.request_timeout;
-    while slots.available_permits() < config.max_in_flight {
+
+    // Shutdown: take no more records; let calls made finish up to the grace.
+    abandon.cancel();
+    let grace_end = tokio::time::Instant::now() + d.config.shutdown_grace;
+    while d.running > 0 {
         tokio::select! {
-            Some(done) = done_rx.recv() => {
-                if let Some(track) = progress.get_mut(&done.partition) {
-                    if let Some(commit_at) = track.finish(done.offset) {
-                        store_offset(&consumer, &config.topics.fires, done.partition, commit_at);
-                    }
-                }
+            Some(done) = done_rx.recv() => d.finished(done),
+            _ = tokio::time::sleep_until(grace_end) => {
+                tracing::warn!(in_flight = d.running, "shutdown grace over; the rest is re-delivered");
+                break;
             }
-            _ = tokio::time::sleep_until(drain_deadline) => break,
         }
     }
-    if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-        tracing::debug!(error = %e, "final commit");
+    if let Some(task) = commit_task.take() {
+        committer = Some(d.commit_done(task.await)?);
     }
-    consumer.unsubscribe();
+    d.forget_revoked();
+    if let (Some(mut c), Some(batch)) = (committer, d.next_batch()) {
+        let (_, batch, result) = tokio::task::spawn_blocking(move || {
+            let result = c.commit(&batch);
+            (c, batch, result)
+        })
+        .await?;
+        match result {
+            Ok(()) => tracing::info!(partitions = batch.offsets.len(), "final commit"),
+            Err(e) => {
+                tracing::warn!(error = %e, "final commit failed; uncommitted fires are re-delivered")
+            }
+        }
+    }
+    d.consumer.unsubscribe();
     tracing::info!("dispatcher stopped");
     Ok(())
 }
 
-fn store_offset<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
-    consumer: &C,
-    topic: &str,
-    partition: i32,
-    next: i64,
-) {
-    let mut tpl = TopicPartitionList::new();
-    if tpl
-        .add_partition_offset(topic, partition, Offset::Offset(next))
-        .is_ok()
-    {
-        if let Err(e) = consumer.store_offsets(&tpl) {
-            // The partition moved away; its new owner re-delivers from the
-            // last committed offset.
-            tracing::debug!(partition, error = %e, "offset not stored");
+impl Dispatcher {
+    /// Drops the state of partitions given away: their uncommitted records
+    /// are re-delivered by the next owner.
+    fn forget_revoked(&mut self) {
+        for p in self.consumer.context().take_revoked() {
+            self.progress.remove(&p);
+            self.paused.remove(&p);
         }
+    }
+
+    /// A record was taken; returns its partition's epoch.
+    fn start(&mut self, partition: i32, offset: i64) -> u64 {
+        self.running += 1;
+        let next_epoch = &mut self.next_epoch;
+        let track = self.progress.entry(partition).or_insert_with(|| {
+            *next_epoch += 1;
+            PartitionProgress::new(*next_epoch)
+        });
+        track.start(offset);
+        let (epoch, full) = (
+            track.epoch,
+            track.in_flight() >= self.config.max_in_flight_per_partition,
+        );
+        if full && self.paused.insert(partition) {
+            self.pause_or_resume(partition, true);
+        }
+        epoch
+    }
+
+    fn finished(&mut self, done: Finished) {
+        self.running -= 1;
+        let Settled::Done(output) = done.settled else {
+            return;
+        };
+        let Some(track) = self.progress.get_mut(&done.partition) else {
+            return;
+        };
+        if track.epoch != done.epoch || !track.finish(done.offset, output) {
+            return;
+        }
+        let has_room = track.in_flight() < self.config.max_in_flight_per_partition;
+        if has_room && self.paused.remove(&done.partition) {
+            self.pause_or_resume(done.partition, false);
+        }
+    }
+
+    fn pause_or_resume(&self, partition: i32, pause: bool) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.config.topics.fires, partition);
+        let result = if pause {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        };
+        if let Err(e) = result {
+            tracing::warn!(partition, pause, error = %e, "pause/resume failed");
+        }
+    }
+
+    /// The next transaction: every partition whose commit point moved, with
+    /// the outputs of the records it passes. None if nothing moved.
+    fn next_batch(&mut self) -> Option<CommitBatch> {
+        let group = self.consumer.group_metadata()?;
+        let mut batch = CommitBatch {
+            offsets: Vec::new(),
+            outputs: Vec::new(),
+            group,
+        };
+        for (&p, track) in self.progress.iter_mut() {
+            if let Some(point) = track.commit_point() {
+                batch.offsets.push((p, point));
+                batch.outputs.push(PartitionOutputs {
+                    partition: p,
+                    epoch: track.epoch,
+                    records: track.take_outputs_before(point),
+                });
+            }
+        }
+        (!batch.is_empty()).then_some(batch)
+    }
+
+    /// A transaction ended: record the new commit points, or put its outputs
+    /// back for the next one.
+    fn commit_done(
+        &mut self,
+        joined: Result<(Committer, CommitBatch, anyhow::Result<()>), tokio::task::JoinError>,
+    ) -> anyhow::Result<Committer> {
+        let (committer, batch, result) = joined?;
+        match result {
+            Ok(()) => {
+                for (p, point) in batch.offsets {
+                    if let Some(track) = self.progress.get_mut(&p) {
+                        track.committed(point);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "commit failed; retrying with the next batch");
+                for outputs in batch.outputs {
+                    match self.progress.get_mut(&outputs.partition) {
+                        Some(track) if track.epoch == outputs.epoch => {
+                            track.restore_outputs(outputs.records)
+                        }
+                        // Given away meanwhile: the next owner settles them anew.
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(committer)
     }
 }

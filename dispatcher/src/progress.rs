@@ -1,34 +1,85 @@
 //! Which offset of a partition is safe to commit while many calls run at once:
 //! the lowest offset still in flight (or one past the highest seen when none
-//! is). A crash then re-delivers only what was in flight.
+//! is). A record's output (a retry timer or a dead letter) is released for the
+//! same transaction that commits an offset past it, so a crash re-delivers
+//! only what was in flight or not yet committed, and no output is written
+//! twice for one consumption of a fire record.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::ClientContext;
 
-#[derive(Debug, Default)]
-pub struct PartitionProgress {
+#[derive(Debug)]
+pub struct PartitionProgress<T> {
+    /// Tells this assignment's records from those of an earlier one.
+    pub epoch: u64,
     in_flight: BTreeSet<i64>,
     next_unseen: i64,
+    /// Outputs of finished records not yet committed, by offset.
+    outputs: BTreeMap<i64, T>,
+    committed: Option<i64>,
 }
 
-impl PartitionProgress {
+impl<T> PartitionProgress<T> {
+    pub fn new(epoch: u64) -> Self {
+        PartitionProgress {
+            epoch,
+            in_flight: BTreeSet::new(),
+            next_unseen: 0,
+            outputs: BTreeMap::new(),
+            committed: None,
+        }
+    }
+
     /// A record was taken for delivery.
     pub fn start(&mut self, offset: i64) {
         self.in_flight.insert(offset);
         self.next_unseen = self.next_unseen.max(offset + 1);
     }
 
-    /// A record finished. Returns the new commit point (next offset to consume)
-    /// if finishing it moved the point.
-    pub fn finish(&mut self, offset: i64) -> Option<i64> {
-        let was_lowest = self.in_flight.first() == Some(&offset);
-        if !self.in_flight.remove(&offset) || !was_lowest {
+    /// A record finished, with what must be written for it. False if it was
+    /// not in flight (finished twice).
+    pub fn finish(&mut self, offset: i64, output: Option<T>) -> bool {
+        if !self.in_flight.remove(&offset) {
+            return false;
+        }
+        if let Some(o) = output {
+            self.outputs.insert(offset, o);
+        }
+        true
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// The offset to commit (next to consume) if it moved past the last commit.
+    pub fn commit_point(&self) -> Option<i64> {
+        if self.next_unseen == 0 {
             return None;
         }
-        Some(self.in_flight.first().copied().unwrap_or(self.next_unseen))
+        let point = self.in_flight.first().copied().unwrap_or(self.next_unseen);
+        (self.committed < Some(point)).then_some(point)
+    }
+
+    /// Takes the outputs of records before `point`, to commit with it.
+    pub fn take_outputs_before(&mut self, point: i64) -> Vec<(i64, T)> {
+        let later = self.outputs.split_off(&point);
+        std::mem::replace(&mut self.outputs, later)
+            .into_iter()
+            .collect()
+    }
+
+    /// A commit failed: its outputs wait for the next one.
+    pub fn restore_outputs(&mut self, outputs: Vec<(i64, T)>) {
+        self.outputs.extend(outputs);
+    }
+
+    /// A commit up to `point` succeeded.
+    pub fn committed(&mut self, point: i64) {
+        self.committed = self.committed.max(Some(point));
     }
 }
 
@@ -62,22 +113,45 @@ mod tests {
 
     #[test]
     fn commit_point_waits_for_the_lowest_in_flight() {
-        let mut p = PartitionProgress::default();
+        let mut p = PartitionProgress::<()>::new(0);
+        assert_eq!(p.commit_point(), None, "nothing seen");
         for o in 10..13 {
             p.start(o);
         }
-        assert_eq!(p.finish(11), None, "10 is still in flight");
-        assert_eq!(p.finish(12), None);
-        assert_eq!(p.finish(10), Some(13), "all done: commit past the highest");
+        assert_eq!(p.commit_point(), Some(10));
+        p.committed(10);
+        assert!(p.finish(11, None));
+        assert!(p.finish(12, None));
+        assert_eq!(p.commit_point(), None, "10 is still in flight");
+        assert!(p.finish(10, None));
+        assert_eq!(
+            p.commit_point(),
+            Some(13),
+            "all done: commit past the highest"
+        );
+        assert!(!p.finish(10, None), "finishing twice is ignored");
     }
 
     #[test]
-    fn commit_point_stops_at_next_in_flight() {
-        let mut p = PartitionProgress::default();
-        p.start(0);
-        p.start(1);
-        assert_eq!(p.finish(0), Some(1));
-        assert_eq!(p.finish(1), Some(2));
-        assert_eq!(p.finish(1), None, "finishing twice is ignored");
+    fn outputs_leave_only_with_the_offset_past_them() {
+        let mut p = PartitionProgress::new(0);
+        for o in 0..3 {
+            p.start(o);
+        }
+        p.finish(1, Some("retry-1"));
+        p.finish(2, Some("dead-2"));
+        assert_eq!(p.commit_point(), Some(0));
+        assert!(p.take_outputs_before(0).is_empty(), "0 still in flight");
+        p.finish(0, None);
+        let point = p.commit_point().unwrap();
+        assert_eq!(point, 3);
+        let outputs = p.take_outputs_before(point);
+        assert_eq!(outputs, vec![(1, "retry-1"), (2, "dead-2")]);
+        // The commit failed: the outputs go with the next attempt.
+        p.restore_outputs(outputs);
+        assert_eq!(p.commit_point(), Some(3));
+        assert_eq!(p.take_outputs_before(3).len(), 2);
+        p.committed(3);
+        assert_eq!(p.commit_point(), None);
     }
 }

@@ -124,13 +124,18 @@ fn header<'a, M: Message>(m: &'a M, name: &str) -> Option<&'a str> {
 
 /// How a tombstone's timer finished, from its headers and timestamp.
 fn tombstone_finish<M: Message>(m: &M) -> Option<Finish> {
-    let at = m.timestamp().to_millis().and_then(|t| u64::try_from(t).ok())?;
+    let at = m
+        .timestamp()
+        .to_millis()
+        .and_then(|t| u64::try_from(t).ok())?;
     match header(m, HEADER_OUTCOME)? {
         OUTCOME_FIRED => Some(Finish::Fired {
             fire_at_ms: header(m, HEADER_FIRE_AT_MS)?.parse().ok()?,
             fired_at_ms: at,
         }),
-        OUTCOME_CANCELLED => Some(Finish::Cancelled { cancelled_at_ms: at }),
+        OUTCOME_CANCELLED => Some(Finish::Cancelled {
+            cancelled_at_ms: at,
+        }),
         _ => None,
     }
 }

@@ -140,7 +140,11 @@ impl std::fmt::Display for CheckReport {
             "fire lateness ms       p50 {} p90 {} p99 {} max {}",
             l.p50, l.p90, l.p99, l.max
         )?;
-        write!(f, "verdict                {}", if self.is_clean() { "clean" } else { "PROBLEMS" })
+        write!(
+            f,
+            "verdict                {}",
+            if self.is_clean() { "clean" } else { "PROBLEMS" }
+        )
     }
 }
 
@@ -228,12 +232,13 @@ pub fn check(config: &CheckConfig) -> anyhow::Result<CheckReport> {
         let key = (id.clone(), intent.fire_at_ms, intent.attempt);
         let fires = fired.get(&key);
         match intent.cancelled_at_ms {
-            Some(cancelled_at) => {
-                // A cancel written well before the fire must have prevented it.
-                if fires.is_some_and(|t| t.iter().any(|&at| at > cancelled_at + 1_000)) {
-                    report.fired_after_cancel.push(id.clone());
-                }
+            // A cancel written well before the fire must have prevented it.
+            Some(cancelled_at)
+                if fires.is_some_and(|t| t.iter().any(|&at| at > cancelled_at + 1_000)) =>
+            {
+                report.fired_after_cancel.push(id.clone());
             }
+            Some(_) => {}
             None if intent.fire_at_ms < due_before => {
                 report.expected += 1;
                 if fires.is_none() {
@@ -310,7 +315,10 @@ fn read_all(
     let mut at_end = 0;
     while at_end < partitions.len() {
         if Instant::now() > deadline {
-            anyhow::bail!("reading {topic} did not reach its end in {:?}", config.read_timeout);
+            anyhow::bail!(
+                "reading {topic} did not reach its end in {:?}",
+                config.read_timeout
+            );
         }
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
@@ -331,7 +339,12 @@ mod tests {
         let mut v: Vec<u64> = (1..=100).rev().collect();
         assert_eq!(
             Lateness::of(&mut v),
-            Lateness { p50: 50, p90: 90, p99: 99, max: 100 }
+            Lateness {
+                p50: 50,
+                p90: 90,
+                p99: 99,
+                max: 100
+            }
         );
         assert_eq!(Lateness::of(&mut []), Lateness::default());
         assert_eq!(Lateness::of(&mut [7]).p99, 7);

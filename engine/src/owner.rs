@@ -30,8 +30,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use chime_wire::record::{
-    lossy, DeadLetter, HEADER_FIRED_AT_MS, HEADER_FIRE_AT_MS, HEADER_LATENESS_MS,
-    HEADER_OUTCOME, OUTCOME_CANCELLED, OUTCOME_FIRED,
+    lossy, DeadLetter, HEADER_FIRED_AT_MS, HEADER_FIRE_AT_MS, HEADER_LATENESS_MS, HEADER_OUTCOME,
+    OUTCOME_CANCELLED, OUTCOME_FIRED,
 };
 use chime_wire::time::now_ms;
 use chime_wire::TimerCommand;
@@ -40,8 +40,8 @@ use crate::changelog;
 use crate::group::{GroupContext, GroupEvent};
 use crate::partition::PartitionState;
 use crate::status::{EngineStatus, Finish};
-use chime_wheel::Expired;
 use crate::EngineConfig;
+use chime_wheel::Expired;
 
 /// Most input records applied in one transaction.
 const MAX_INBOX: usize = 50_000;
@@ -275,7 +275,12 @@ impl Owner {
             let (wheel, finished) = rebuilt
                 .remove(&p)
                 .ok_or_else(|| anyhow::anyhow!("changelog load lost partition {p}"))?;
-            tracing::info!(partition = p, ?next_offset, pending = wheel.len(), "partition live");
+            tracing::info!(
+                partition = p,
+                ?next_offset,
+                pending = wheel.len(),
+                "partition live"
+            );
             let mut owned = self.status.lock();
             owned.loading.remove(&p);
             owned.live.insert(
@@ -284,7 +289,8 @@ impl Owner {
                     wheel,
                     next_offset,
                     finished,
-                    caught_up: next_offset.is_some() && self.end_of_input.get(&p) == next_offset.as_ref(),
+                    caught_up: next_offset.is_some()
+                        && self.end_of_input.get(&p) == next_offset.as_ref(),
                 },
             );
         }
@@ -356,7 +362,10 @@ impl Owner {
         // ~1 ms, and so a failed transaction has nothing in flight to abort.
         let drain_deadline = Instant::now() + TXN_TIMEOUT;
         while self.producer.in_flight_count() > 0 {
-            anyhow::ensure!(Instant::now() < drain_deadline, "records not delivered within {TXN_TIMEOUT:?}");
+            anyhow::ensure!(
+                Instant::now() < drain_deadline,
+                "records not delivered within {TXN_TIMEOUT:?}"
+            );
             self.producer.poll(Duration::from_millis(1));
         }
         let group = self
@@ -388,7 +397,9 @@ impl Owner {
         let aborted = if fatal {
             Err(anyhow::anyhow!("fatal producer error"))
         } else {
-            self.producer.abort_transaction(TXN_TIMEOUT).map_err(anyhow::Error::from)
+            self.producer
+                .abort_transaction(TXN_TIMEOUT)
+                .map_err(anyhow::Error::from)
         };
         if let Err(e) = aborted {
             tracing::warn!(error = %e, "abort failed; replacing the transactional producer");
@@ -501,9 +512,12 @@ fn apply_input(
             if state.wheel.cancel(&key).is_none() {
                 return Ok(()); // not pending: fired already, or never seen
             }
-            state
-                .finished
-                .record(&key, Finish::Cancelled { cancelled_at_ms: now });
+            state.finished.record(
+                &key,
+                Finish::Cancelled {
+                    cancelled_at_ms: now,
+                },
+            );
             let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(changelog)
                 .partition(rec.partition)
                 .key(id.as_bytes())

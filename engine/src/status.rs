@@ -187,7 +187,11 @@ impl EngineStatus {
     /// Pending timers per owned live partition.
     pub fn pending_per_partition(&self) -> Vec<(i32, usize)> {
         let owned = self.lock();
-        let mut v: Vec<(i32, usize)> = owned.live.iter().map(|(p, s)| (*p, s.wheel.len())).collect();
+        let mut v: Vec<(i32, usize)> = owned
+            .live
+            .iter()
+            .map(|(p, s)| (*p, s.wheel.len()))
+            .collect();
         v.sort_unstable();
         v
     }
@@ -200,15 +204,47 @@ mod tests {
     #[test]
     fn finished_timers_expire_by_age_and_count() {
         let mut f = FinishedTimers::new(1_000, 3);
-        f.record(b"a", Finish::Cancelled { cancelled_at_ms: 100 });
-        f.record(b"b", Finish::Fired { fire_at_ms: 90, fired_at_ms: 200 });
-        assert_eq!(f.get(b"b"), Some(Finish::Fired { fire_at_ms: 90, fired_at_ms: 200 }));
+        f.record(
+            b"a",
+            Finish::Cancelled {
+                cancelled_at_ms: 100,
+            },
+        );
+        f.record(
+            b"b",
+            Finish::Fired {
+                fire_at_ms: 90,
+                fired_at_ms: 200,
+            },
+        );
+        assert_eq!(
+            f.get(b"b"),
+            Some(Finish::Fired {
+                fire_at_ms: 90,
+                fired_at_ms: 200
+            })
+        );
         f.expire(1_150);
         assert_eq!(f.get(b"a"), None, "older than the retention");
         assert!(f.get(b"b").is_some());
-        f.record(b"c", Finish::Cancelled { cancelled_at_ms: 300 });
-        f.record(b"d", Finish::Cancelled { cancelled_at_ms: 400 });
-        f.record(b"e", Finish::Cancelled { cancelled_at_ms: 500 });
+        f.record(
+            b"c",
+            Finish::Cancelled {
+                cancelled_at_ms: 300,
+            },
+        );
+        f.record(
+            b"d",
+            Finish::Cancelled {
+                cancelled_at_ms: 400,
+            },
+        );
+        f.record(
+            b"e",
+            Finish::Cancelled {
+                cancelled_at_ms: 500,
+            },
+        );
         assert_eq!(f.len(), 3, "capped at max_entries");
         assert_eq!(f.get(b"b"), None, "oldest evicted first");
     }
@@ -216,9 +252,27 @@ mod tests {
     #[test]
     fn a_later_finish_of_the_same_id_survives_eviction_of_the_earlier() {
         let mut f = FinishedTimers::new(1_000, 10);
-        f.record(b"a", Finish::Fired { fire_at_ms: 1, fired_at_ms: 100 });
-        f.record(b"a", Finish::Fired { fire_at_ms: 500, fired_at_ms: 900 });
+        f.record(
+            b"a",
+            Finish::Fired {
+                fire_at_ms: 1,
+                fired_at_ms: 100,
+            },
+        );
+        f.record(
+            b"a",
+            Finish::Fired {
+                fire_at_ms: 500,
+                fired_at_ms: 900,
+            },
+        );
         f.expire(1_200);
-        assert_eq!(f.get(b"a"), Some(Finish::Fired { fire_at_ms: 500, fired_at_ms: 900 }));
+        assert_eq!(
+            f.get(b"a"),
+            Some(Finish::Fired {
+                fire_at_ms: 500,
+                fired_at_ms: 900
+            })
+        );
     }
 }

@@ -4,11 +4,12 @@
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use chime_wire::record::FieldError;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// What went wrong, for a person.
     pub error: String,
@@ -49,6 +50,18 @@ impl ApiError {
                 error: format!("{what} is larger than the limit of {limit} bytes"),
                 field: field.map(str::to_string),
                 limit: Some(limit as u64),
+            },
+            retry_after: None,
+        }
+    }
+
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: ErrorBody {
+                error: message.into(),
+                field: None,
+                limit: None,
             },
             retry_after: None,
         }

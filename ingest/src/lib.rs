@@ -1,17 +1,32 @@
-//! chime ingest: the REST API. Every create is appended to `chime.timers` and
-//! acknowledged to the client only after Kafka acknowledged it (acks=all).
+//! chime ingest: the REST API. Every create and cancel is appended to
+//! `chime.timers` and acknowledged to the client only after Kafka acknowledged
+//! it (acks=all); status questions are routed to the engine that owns the
+//! timer's partition.
 //!
 //! * [`api`] — the native `/v1` API and the original service's `/timers` API.
+//! * [`batch`] — `POST /v1/timers/batch`.
+//! * [`lookup`] — finding a timer's owning engine and asking it.
+//! * [`guard`] — API keys, the header-count limit, request metrics.
+//! * [`ops`] — `/healthz`, `/readyz`, `/metrics`.
+//! * [`docs`] — the OpenAPI document and Swagger UI at `/docs`.
 //! * [`error`] — the one JSON error shape every 4xx/5xx uses.
 //! * [`timer_log`] — the producer side of `chime.timers`.
+//! * [`metrics`] — the process's Prometheus recorder.
 
 pub mod api;
+pub mod batch;
+pub mod docs;
 pub mod error;
+pub mod guard;
+pub mod lookup;
+pub mod metrics;
+pub mod ops;
 pub mod timer_log;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use chime_engine::EngineStatus;
 use chime_wire::Topics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -20,14 +35,23 @@ use tokio_util::sync::CancellationToken;
 pub struct IngestConfig {
     pub bootstrap: String,
     pub topics: Topics,
+    /// The engines' consumer group, whose members advertise their status address.
+    pub engine_group: String,
     /// Largest request body accepted (413 above it).
     pub max_request_bytes: usize,
     /// Largest callback body accepted (413 above it).
     pub max_callback_body_bytes: usize,
+    /// Most request headers accepted (413 above it).
+    pub max_headers: usize,
+    /// Most timers in one batch request (413 above it).
+    pub max_batch: usize,
     /// How far ahead a timer may be set.
     pub horizon: Duration,
     /// How long a create waits for Kafka's acknowledgement before answering 503.
     pub ack_timeout: Duration,
+    /// When non-empty, `/v1` and original-API requests need `Authorization:
+    /// Bearer <one of these>`.
+    pub api_keys: Vec<String>,
 }
 
 impl IngestConfig {
@@ -35,22 +59,38 @@ impl IngestConfig {
         IngestConfig {
             bootstrap: bootstrap.to_string(),
             topics: Topics::new(topic_prefix),
+            engine_group: format!("{topic_prefix}-engine"),
             max_request_bytes: 1024 * 1024,
             max_callback_body_bytes: 64 * 1024,
+            max_headers: 64,
+            max_batch: 1000,
             horizon: Duration::from_secs(10 * 366 * 24 * 3600),
             ack_timeout: Duration::from_secs(5),
+            api_keys: Vec::new(),
         }
     }
 }
 
-/// Serves the API on `listener` until `shutdown`.
+/// Serves the API on `listener` until `shutdown`; status questions go to the
+/// engines of the group over HTTP.
 pub async fn serve(
     listener: TcpListener,
     config: IngestConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let log = timer_log::TimerLog::new(&config)?;
-    let app = api::router(Arc::new(api::AppState { config, log }));
+    serve_with_engine(listener, config, None, shutdown).await
+}
+
+/// Like [`serve`], with an engine in this process (`chime all`): its
+/// partitions are answered in-process, the rest by the group's other engines.
+pub async fn serve_with_engine(
+    listener: TcpListener,
+    config: IngestConfig,
+    local_engine: Option<EngineStatus>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let state = Arc::new(api::AppState::new(config, local_engine)?);
+    let app = api::router(state);
     tracing::info!(addr = %listener.local_addr()?, "ingest listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

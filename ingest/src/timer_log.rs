@@ -41,7 +41,16 @@ impl TimerLog {
             .payload(&value);
         // A full local queue fails at once (back-pressure) rather than waiting.
         let send = self.producer.send(record, Timeout::After(Duration::ZERO));
-        match tokio::time::timeout(self.ack_timeout, send).await {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.ack_timeout, send).await;
+        let outcome = if matches!(result, Ok(Ok(_))) {
+            "ok"
+        } else {
+            "error"
+        };
+        metrics::histogram!("chime_kafka_produce_seconds", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        match result {
             Ok(Ok(_)) => Ok(()),
             Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))) => Err(
                 ApiError::unavailable("the Kafka producer queue is full; retry shortly", 1),
