@@ -100,7 +100,10 @@ async fn main() -> anyhow::Result<()> {
     let backlog = env_or("BENCH_BACKLOG", 50_000);
     let rate = env_or("BENCH_RATE", 2_000);
     let seconds = env_or("BENCH_SECONDS", 10);
-    let prefix = format!("bench-dispatch-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let prefix = format!(
+        "bench-dispatch-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let topics = Topics::new(&prefix);
     chime_wire::kafka::create_topics(&bootstrap, &topics, 12).await?;
     let (url, arrivals) = receiver().await;

@@ -1,0 +1,988 @@
+//! Engine benchmark figures (issue 4, "Benchmarks (not tests)"): rebuild rate,
+//! failover time and fire lateness, measured against the real broker with real
+//! `chime engine` processes, printed as a table for docs/performance.md.
+//!
+//! ```text
+//! cargo build --release            # the tool runs target/release/chime
+//! cargo run --release -p chime-engine --example engine_figures -- rebuild  [--timers 1000000] [--repeats 3]
+//! cargo run --release -p chime-engine --example engine_figures -- failover [--rate 2000] [--seconds 40] [--session-timeout-ms 6000]
+//! cargo run --release -p chime-engine --example engine_figures -- lateness [--rate 20000] [--seconds 20] [--tick-ms 2,10,50]
+//! ```
+//!
+//! Common options: `--partitions 12`, `--keep` (leave the topics; by default
+//! each run deletes the topics it created). The broker is `CHIME_KAFKA_BOOTSTRAP`
+//! (default 127.0.0.1:9092); the binary is `CHIME_BIN` (default: `chime` next to
+//! this example's directory). Every run uses its own topic prefix
+//! (`figures-<mode>-<random>`) and touches no other topic. Engine logs (JSON)
+//! go to `$TMPDIR/chime-figures/`.
+//!
+//! * **rebuild**: produces N schedule commands due in a day, lets one engine
+//!   apply them (so its changelog holds N pending records), stops it, then
+//!   starts fresh engines and reads their `changelog rebuilt` log lines. Also
+//!   reads the same changelog with a bare consumer (no processing): Kafka's
+//!   own ceiling for the rebuild on this machine.
+//! * **failover**: three engines, timers due continuously, `kill -9` of one;
+//!   the time from the kill to the first fire on each of its partitions (the
+//!   fires partition of a timer equals its timers partition: murmur2 over the
+//!   same partition count), with the survivors' log timeline.
+//! * **lateness**: one engine per `--tick-ms`; timers due at a sustained rate
+//!   over a window, scheduled (and applied) before the window opens. Engine
+//!   lateness (`chime-fired-at-ms` − due time, as `chime check` reports it),
+//!   visible lateness (when a read_committed reader received the fire − due
+//!   time), and the engine's CPU during the window.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde_json::Value;
+
+use chime_engine::checker::{check, CheckConfig, Lateness};
+use chime_wire::record::{HEADER_FIRED_AT_MS, HEADER_LATENESS_MS};
+use chime_wire::time::now_ms;
+use chime_wire::{Callback, TimerCommand, TimerSpec, Topics};
+
+const USAGE: &str = "usage: engine_figures <rebuild|failover|lateness> [--partitions N] [--keep] \
+[rebuild: --timers N --repeats N] [failover: --rate N --seconds N --session-timeout-ms N \
+--transaction-timeout-ms N] [lateness: --rate N --seconds N --tick-ms a,b,c --lead-in-ms N]";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(mode) = args.first().cloned() else {
+        bail!("{USAGE}");
+    };
+    let opts = Opts::parse(&args[1..])?;
+    print_machine();
+    match mode.as_str() {
+        "rebuild" => rebuild(&opts),
+        "failover" => failover(&opts),
+        "lateness" => lateness(&opts),
+        other => bail!("unknown mode {other:?}; {USAGE}"),
+    }
+}
+
+// ---------------------------------------------------------------- options
+
+/// `--name value` pairs and `--flag`s.
+struct Opts {
+    values: BTreeMap<String, String>,
+    flags: BTreeSet<String>,
+}
+
+impl Opts {
+    fn parse(args: &[String]) -> anyhow::Result<Opts> {
+        let (mut values, mut flags) = (BTreeMap::new(), BTreeSet::new());
+        let mut it = args.iter().peekable();
+        while let Some(a) = it.next() {
+            let Some(name) = a.strip_prefix("--") else {
+                bail!("unexpected argument {a:?}; {USAGE}");
+            };
+            match it.peek() {
+                Some(v) if !v.starts_with("--") => {
+                    values.insert(name.to_string(), it.next().cloned().unwrap_or_default());
+                }
+                _ => {
+                    flags.insert(name.to_string());
+                }
+            }
+        }
+        Ok(Opts { values, flags })
+    }
+
+    fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> anyhow::Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.values.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--{name} {v:?}: {e}")),
+        }
+    }
+
+    fn list(&self, name: &str, default: &[u64]) -> anyhow::Result<Vec<u64>> {
+        match self.values.get(name) {
+            None => Ok(default.to_vec()),
+            Some(v) => v
+                .split(',')
+                .map(|s| {
+                    s.trim()
+                        .parse()
+                        .map_err(|e| anyhow::anyhow!("--{name} {s:?}: {e}"))
+                })
+                .collect(),
+        }
+    }
+
+    fn partitions(&self) -> anyhow::Result<i32> {
+        let p = self.get("partitions", 12)?;
+        anyhow::ensure!(p > 0, "--partitions must be positive, got {p}");
+        Ok(p)
+    }
+
+    fn keep(&self) -> bool {
+        self.flags.contains("keep")
+    }
+}
+
+fn bootstrap() -> String {
+    std::env::var("CHIME_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn print_machine() {
+    let run = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    let model = run("lscpu", &[])
+        .lines()
+        .find(|l| l.starts_with("Model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "?".into());
+    println!(
+        "machine: {model}, {} cores; date {}; commit {}; load average {}",
+        run("nproc", &[]),
+        run("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        run("git", &["rev-parse", "--short", "HEAD"]),
+        loadavg()
+    );
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+// ---------------------------------------------------------------- topics
+
+/// A fresh topic prefix with chime's four topics; deletes them on drop
+/// unless asked to keep them.
+struct Deployment {
+    prefix: String,
+    topics: Topics,
+    partitions: i32,
+    keep: bool,
+}
+
+impl Deployment {
+    fn create(mode: &str, opts: &Opts) -> anyhow::Result<Deployment> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let prefix = format!("figures-{mode}-{}", &id[..8]);
+        let topics = Topics::new(&prefix);
+        let partitions = opts.partitions()?;
+        runtime()?.block_on(chime_wire::kafka::create_topics(
+            &bootstrap(),
+            &topics,
+            partitions,
+        ))?;
+        println!("topic prefix {prefix}, {partitions} partitions");
+        Ok(Deployment {
+            prefix,
+            topics,
+            partitions,
+            keep: opts.keep(),
+        })
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        let t = &self.topics;
+        let names = [&t.timers, &t.changelog, &t.fires, &t.dead_letters];
+        let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let deleted = runtime().and_then(|rt| {
+            rt.block_on(async {
+                let admin: AdminClient<DefaultClientContext> =
+                    chime_wire::kafka::client_config(&bootstrap(), "chime-figures-admin")
+                        .create()?;
+                admin.delete_topics(&names, &AdminOptions::new()).await?;
+                Ok(())
+            })
+        });
+        if let Err(e) = deleted {
+            eprintln!("could not delete topics of {}: {e}", self.prefix);
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+// ---------------------------------------------------------------- producing
+
+/// Counts failed deliveries, so a run never reports figures for timers that
+/// were not all written.
+#[derive(Default)]
+struct DeliveryCounter {
+    failed: AtomicU64,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn schedule(id: &str, fire_at_ms: u64) -> TimerCommand {
+    TimerCommand::Schedule(TimerSpec {
+        id: id.to_string(),
+        fire_at_ms,
+        callback: Callback {
+            url: "http://127.0.0.1:9/unused".into(),
+            method: "POST".into(),
+            headers: Default::default(),
+            body: String::new(),
+        },
+        attempt: 1,
+        retry: Default::default(),
+        first_fire_at_ms: None,
+    })
+}
+
+/// Writes `n` schedule commands (timer `i` due at `due(i)`) to the timers
+/// topic as fast as the broker takes them; returns records per second.
+fn produce(topics: &Topics, n: usize, due: impl Fn(usize) -> u64) -> anyhow::Result<f64> {
+    let producer: BaseProducer<DeliveryCounter> =
+        chime_wire::kafka::producer_config(&bootstrap(), "chime-figures-producer")
+            .set("linger.ms", "5")
+            .set("batch.size", "1000000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            .create_with_context(DeliveryCounter::default())?;
+    let started = Instant::now();
+    for i in 0..n {
+        let command = schedule(&format!("t{i}"), due(i));
+        let value = command.encode();
+        let mut record = BaseRecord::to(&topics.timers)
+            .key(command.id())
+            .payload(&value[..]);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(e).context("producing timers"),
+            }
+        }
+        if i % 1000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer
+        .flush(Duration::from_secs(120))
+        .context("flushing timers")?;
+    let secs = started.elapsed().as_secs_f64();
+    let failed = producer.context().failed.load(Ordering::Relaxed);
+    anyhow::ensure!(failed == 0, "{failed} of {n} timers were not delivered");
+    Ok(n as f64 / secs)
+}
+
+/// Input records the engines have applied and committed, and the total
+/// written: the group's committed offsets against the high watermarks.
+fn applied(deployment: &Deployment, reader: &BaseConsumer) -> anyhow::Result<(i64, i64)> {
+    let topic = &deployment.topics.timers;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..deployment.partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = reader.committed_offsets(tpl, Duration::from_secs(30))?;
+    let (mut done, mut total) = (0, 0);
+    for p in 0..deployment.partitions {
+        let (low, high) = reader.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        total += high - low;
+        if let Some(Offset::Offset(o)) = committed.find_partition(topic, p).map(|e| e.offset()) {
+            done += o - low;
+        }
+    }
+    Ok((done, total))
+}
+
+fn offsets_reader(deployment: &Deployment) -> anyhow::Result<BaseConsumer> {
+    Ok(chime_wire::kafka::consumer_config(
+        &bootstrap(),
+        "chime-figures-offsets",
+        &format!("{}-engine", deployment.prefix),
+    )
+    .create()?)
+}
+
+/// Waits until every input record is applied; returns when that was.
+fn wait_applied(deployment: &Deployment, timeout: Duration) -> anyhow::Result<Instant> {
+    let reader = offsets_reader(deployment)?;
+    let deadline = Instant::now() + timeout;
+    let mut last_print = Instant::now();
+    loop {
+        let (done, total) = applied(deployment, &reader)?;
+        if done >= total {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("engine applied {done} of {total} input records within {timeout:?}");
+        }
+        if last_print.elapsed() > Duration::from_secs(5) {
+            println!("  applied {done} / {total}");
+            last_print = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+// ---------------------------------------------------------------- engines
+
+/// A `chime engine` child process logging JSON to a file.
+struct Engine {
+    instance: String,
+    child: Child,
+    log: PathBuf,
+}
+
+/// One line of an engine's JSON log.
+#[derive(Debug, Clone)]
+struct LogLine {
+    at_ms: u64,
+    message: String,
+    fields: Value,
+}
+
+impl LogLine {
+    fn u64(&self, name: &str) -> u64 {
+        self.fields[name].as_u64().unwrap_or(0)
+    }
+
+    /// A `partitions = ?[..]` field.
+    fn partitions(&self) -> Vec<i32> {
+        let s = self.fields["partitions"].as_str().unwrap_or("");
+        s.trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .filter_map(|p| p.trim().parse().ok())
+            .collect()
+    }
+}
+
+fn chime_binary() -> anyhow::Result<PathBuf> {
+    let path = match std::env::var_os("CHIME_BIN") {
+        Some(p) => PathBuf::from(p),
+        // target/<profile>/examples/engine_figures → target/<profile>/chime
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(|d| d.parent())
+            .map(|d| d.join("chime"))
+            .context("locating the chime binary")?,
+    };
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found: run `cargo build --release` first or set CHIME_BIN",
+        path.display()
+    );
+    Ok(path)
+}
+
+impl Engine {
+    fn spawn(deployment: &Deployment, instance: &str, extra: &[String]) -> anyhow::Result<Engine> {
+        let dir = std::env::temp_dir().join("chime-figures");
+        fs::create_dir_all(&dir)?;
+        let log = dir.join(format!("{}-{instance}.log", deployment.prefix));
+        let file = fs::File::create(&log)?;
+        let child = Command::new(chime_binary()?)
+            .args(["engine", "--topic-prefix", &deployment.prefix])
+            .args(["--instance-id", instance])
+            .args(extra)
+            .env("CHIME_KAFKA_BOOTSTRAP", bootstrap())
+            .env("CHIME_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .context("spawning chime engine")?;
+        Ok(Engine {
+            instance: instance.to_string(),
+            child,
+            log,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_lines(&self) -> Vec<LogLine> {
+        let Ok(file) = fs::File::open(&self.log) else {
+            return Vec::new();
+        };
+        BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+            .map(|v| LogLine {
+                at_ms: v["timestamp"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map_or(0, |t| t.timestamp_millis() as u64),
+                message: v["fields"]["message"].as_str().unwrap_or("").to_string(),
+                fields: v["fields"].clone(),
+            })
+            .collect()
+    }
+
+    fn lines(&self, message: &str) -> Vec<LogLine> {
+        self.log_lines()
+            .into_iter()
+            .filter(|l| l.message == message)
+            .collect()
+    }
+
+    /// Partitions owned now, per the assigned/revoked log lines.
+    fn owned(&self) -> BTreeSet<i32> {
+        let mut owned = BTreeSet::new();
+        for l in self.log_lines() {
+            match l.message.as_str() {
+                "partitions assigned" => owned.extend(l.partitions()),
+                "partitions revoked" => {
+                    for p in l.partitions() {
+                        owned.remove(&p);
+                    }
+                }
+                _ => {}
+            }
+        }
+        owned
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "engine {} exited with {status}; see {}",
+                self.instance,
+                self.log.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// A `VmRSS`-style field of /proc/<pid>/status, in MiB.
+    fn memory_mib(&self, field: &str) -> f64 {
+        fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with(field))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kib| kib.parse::<f64>().ok())
+            })
+            .map_or(f64::NAN, |kib| kib / 1024.0)
+    }
+
+    /// utime + stime so far, seconds.
+    fn cpu_seconds(&self) -> f64 {
+        let ticks = fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .ok()
+            .and_then(|s| {
+                let after_name = s.rsplit_once(')')?.1.to_string();
+                let f: Vec<&str> = after_name.split_whitespace().collect();
+                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            })
+            .unwrap_or(0);
+        ticks as f64 / clock_ticks_per_second()
+    }
+
+    fn terminate(mut self) -> anyhow::Result<()> {
+        Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("engine {} did not stop on SIGTERM", self.instance);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn kill9(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Waits until `cond` holds, checking every 100 ms, or fails naming `what`.
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !cond()? {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Waits until `engine` has made every one of its assigned partitions live
+/// and owns `expected` of them.
+fn wait_live(engine: &mut Engine, expected: usize, timeout: Duration) -> anyhow::Result<()> {
+    wait_for(&format!("engine {} live on {expected} partitions", engine.instance), timeout, || {
+        engine.check_alive()?;
+        let live: BTreeSet<u64> = engine
+            .lines("partition live")
+            .iter()
+            .map(|l| l.u64("partition"))
+            .collect();
+        Ok(engine.owned().len() == expected && live.len() >= expected)
+    })
+}
+
+// ---------------------------------------------------------------- fire watcher
+
+/// One fire record as a read_committed reader received it.
+#[derive(Debug, Clone, Copy)]
+struct Fire {
+    partition: i32,
+    fire_at_ms: u64,
+    fired_at_ms: u64,
+    received_ms: u64,
+}
+
+/// Reads the fires topic (read_committed) on a thread.
+struct FireWatcher {
+    fires: Arc<Mutex<Vec<Fire>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FireWatcher {
+    fn start(deployment: &Deployment) -> anyhow::Result<FireWatcher> {
+        let consumer: BaseConsumer = chime_wire::kafka::consumer_config(
+            &bootstrap(),
+            "chime-figures-watcher",
+            &format!("{}-figures-watcher", deployment.prefix),
+        )
+        .create()?;
+        consumer.subscribe(&[&deployment.topics.fires])?;
+        let fires = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, s) = (fires.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let received_ms = now_ms();
+                let header = |name: &str| -> Option<u64> {
+                    m.headers()?
+                        .iter()
+                        .find(|h| h.key == name)?
+                        .value
+                        .and_then(|v| std::str::from_utf8(v).ok())?
+                        .parse()
+                        .ok()
+                };
+                // lateness is fired_at − fire_at (never negative without a lead).
+                if let (Some(fired_at_ms), Some(late)) =
+                    (header(HEADER_FIRED_AT_MS), header(HEADER_LATENESS_MS))
+                {
+                    f.lock().unwrap_or_else(|e| e.into_inner()).push(Fire {
+                        partition: m.partition(),
+                        fire_at_ms: fired_at_ms - late,
+                        fired_at_ms,
+                        received_ms,
+                    });
+                }
+            }
+        });
+        Ok(FireWatcher { fires, stop })
+    }
+
+    fn snapshot(&self) -> Vec<Fire> {
+        self.fires.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn count(&self) -> usize {
+        self.fires.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl Drop for FireWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn audit(deployment: &Deployment) -> anyhow::Result<chime_engine::checker::CheckReport> {
+    let mut config = CheckConfig::new(&bootstrap(), &deployment.prefix);
+    config.grace = Duration::ZERO;
+    check(&config)
+}
+
+// ---------------------------------------------------------------- rebuild
+
+fn rebuild(opts: &Opts) -> anyhow::Result<()> {
+    let n: usize = opts.get("timers", 1_000_000)?;
+    let repeats: usize = opts.get("repeats", 3)?;
+    let deployment = Deployment::create("rebuild", opts)?;
+    let p = deployment.partitions as usize;
+
+    let day_ahead = now_ms() + 86_400_000;
+    let produce_rate = produce(&deployment.topics, n, |i| day_ahead + i as u64)?;
+    println!("produced {n} schedule commands at {produce_rate:.0}/s");
+
+    let mut loader = Engine::spawn(&deployment, "loader", &[])?;
+    wait_live(&mut loader, p, Duration::from_secs(60))?;
+    let live_at = Instant::now();
+    let applied_at = wait_applied(&deployment, Duration::from_secs(600))?;
+    let apply_secs = applied_at.duration_since(live_at).as_secs_f64();
+    let loader_rss = loader.memory_mib("VmRSS");
+    println!(
+        "loader applied {n} commands in {apply_secs:.1} s ({:.0}/s; includes its first rebuild); RSS {loader_rss:.0} MiB",
+        n as f64 / apply_secs
+    );
+    loader.terminate()?;
+
+    let raw = raw_changelog_read(&deployment)?;
+
+    println!();
+    println!("| run | records | pending | rebuild ms | records/s | pending/s | spawn→live ms | RSS MiB (peak) | load avg |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| bare consumer, no processing | {} | – | {} | {:.0} | – | – | – | {} |",
+        raw.0,
+        raw.1,
+        raw.0 as f64 * 1000.0 / raw.1.max(1) as f64,
+        loadavg()
+    );
+    for run in 1..=repeats {
+        let spawned = Instant::now();
+        let mut engine = Engine::spawn(&deployment, &format!("rebuilder-{run}"), &[])?;
+        wait_live(&mut engine, p, Duration::from_secs(600))?;
+        let spawn_to_live = spawned.elapsed().as_millis();
+        let rebuilt = engine.lines("changelog rebuilt");
+        let covered: BTreeSet<i32> = rebuilt.iter().flat_map(|l| l.partitions()).collect();
+        anyhow::ensure!(covered.len() == p, "rebuild covered {covered:?}, not all {p} partitions");
+        let records: u64 = rebuilt.iter().map(|l| l.u64("records")).sum();
+        let pending: u64 = rebuilt.iter().map(|l| l.u64("pending")).sum();
+        let elapsed_ms: u64 = rebuilt.iter().map(|l| l.u64("elapsed_ms")).sum();
+        anyhow::ensure!(pending == n as u64, "rebuilt {pending} pending timers, expected {n}");
+        println!(
+            "| rebuild {run} ({} load{}) | {records} | {pending} | {elapsed_ms} | {:.0} | {:.0} | {spawn_to_live} | {:.0} ({:.0}) | {} |",
+            rebuilt.len(),
+            if rebuilt.len() == 1 { "" } else { "s" },
+            records as f64 * 1000.0 / elapsed_ms.max(1) as f64,
+            pending as f64 * 1000.0 / elapsed_ms.max(1) as f64,
+            engine.memory_mib("VmRSS"),
+            engine.memory_mib("VmHWM"),
+            loadavg()
+        );
+        engine.terminate()?;
+    }
+    Ok(())
+}
+
+/// Reads the whole changelog read_committed with the engine's fetch settings
+/// and does nothing with the records: (records, milliseconds).
+fn raw_changelog_read(deployment: &Deployment) -> anyhow::Result<(u64, u64)> {
+    let consumer: BaseConsumer = chime_wire::kafka::consumer_config(
+        &bootstrap(),
+        "chime-figures-raw",
+        &format!("{}-figures-raw", deployment.prefix),
+    )
+    .set("enable.partition.eof", "true")
+    .set("fetch.max.bytes", "52428800")
+    .set("max.partition.fetch.bytes", "10485760")
+    .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..deployment.partitions {
+        tpl.add_partition_offset(&deployment.topics.changelog, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let started = Instant::now();
+    let (mut records, mut at_end) = (0u64, 0);
+    while at_end < deployment.partitions {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "bare read too slow");
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) => records += 1,
+            Some(Err(KafkaError::PartitionEOF(_))) => at_end += 1,
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        }
+    }
+    Ok((records, started.elapsed().as_millis() as u64))
+}
+
+// ---------------------------------------------------------------- failover
+
+fn failover(opts: &Opts) -> anyhow::Result<()> {
+    let rate: u64 = opts.get("rate", 2_000)?;
+    let seconds: u64 = opts.get("seconds", 40)?;
+    let session_ms: u64 = opts.get("session-timeout-ms", 6_000)?;
+    let txn_ms: Option<u64> = match opts.values.contains_key("transaction-timeout-ms") {
+        true => Some(opts.get("transaction-timeout-ms", 0)?),
+        false => None,
+    };
+    let deployment = Deployment::create("failover", opts)?;
+    let p = deployment.partitions as usize;
+    let mut extra = vec!["--session-timeout-ms".to_string(), session_ms.to_string()];
+    if let Some(t) = txn_ms {
+        extra.extend(["--transaction-timeout-ms".to_string(), t.to_string()]);
+    }
+    let mut engines: Vec<Engine> = ["a", "b", "c"]
+        .iter()
+        .map(|i| Engine::spawn(&deployment, i, &extra))
+        .collect::<anyhow::Result<_>>()?;
+    // A stable assignment: every partition owned by exactly one of three.
+    let mut stable_since: Option<(Instant, Vec<BTreeSet<i32>>)> = None;
+    wait_for("a stable three-way assignment", Duration::from_secs(90), || {
+        for e in engines.iter_mut() {
+            e.check_alive()?;
+        }
+        let owned: Vec<BTreeSet<i32>> = engines.iter().map(Engine::owned).collect();
+        let total: usize = owned.iter().map(BTreeSet::len).sum();
+        let union: BTreeSet<i32> = owned.iter().flatten().copied().collect();
+        if total != p || union.len() != p || owned.iter().any(BTreeSet::is_empty) {
+            stable_since = None;
+            return Ok(false);
+        }
+        match &stable_since {
+            Some((since, was)) if *was == owned => Ok(since.elapsed() > Duration::from_secs(3)),
+            _ => {
+                stable_since = Some((Instant::now(), owned));
+                Ok(false)
+            }
+        }
+    })?;
+    for e in &engines {
+        println!("engine {} owns {:?}", e.instance, e.owned());
+    }
+
+    let watcher = FireWatcher::start(&deployment)?;
+    let n = (rate * seconds) as usize;
+    let first_due = now_ms() + 5_000;
+    let produce_rate = produce(&deployment.topics, n, |i| first_due + i as u64 * 1000 / rate)?;
+    println!("produced {n} timers ({rate}/s over {seconds} s) at {produce_rate:.0}/s");
+
+    // Fire steadily for a while, then kill the middle engine.
+    let kill_after = first_due + (seconds * 1000 / 3).max(8_000);
+    wait_for("the steady phase", Duration::from_secs(seconds + 60), || Ok(now_ms() >= kill_after))?;
+    let victim = engines.remove(1);
+    let moved = victim.owned();
+    let killed_at = now_ms();
+    victim.kill9()?;
+    println!("kill -9 engine b at {killed_at}; its partitions {moved:?}");
+
+    // The first fire after the kill on each moved partition.
+    let mut first: BTreeMap<i32, Fire> = BTreeMap::new();
+    let failover_deadline = Duration::from_secs(120);
+    wait_for("a fire on every moved partition", failover_deadline, || {
+        for f in watcher.snapshot() {
+            if moved.contains(&f.partition) && f.fired_at_ms >= killed_at {
+                let e = first.entry(f.partition).or_insert(f);
+                if f.fired_at_ms < e.fired_at_ms {
+                    *e = f;
+                }
+            }
+        }
+        Ok(first.len() == moved.len())
+    })?;
+
+    // The survivors' view: when they were assigned the moved partitions and
+    // how long the rebuild took.
+    let mut timeline = Vec::new();
+    for e in &engines {
+        for l in e.log_lines() {
+            if l.at_ms < killed_at {
+                continue;
+            }
+            let parts: BTreeSet<i32> = l.partitions().into_iter().collect();
+            match l.message.as_str() {
+                "partitions assigned" if !parts.is_disjoint(&moved) => timeline.push(format!(
+                    "  +{:>6} ms  engine {} assigned {:?}",
+                    l.at_ms - killed_at,
+                    e.instance,
+                    parts
+                )),
+                "partitions revoked" => timeline.push(format!(
+                    "  +{:>6} ms  engine {} revoked {:?}",
+                    l.at_ms - killed_at,
+                    e.instance,
+                    parts
+                )),
+                "changelog rebuilt" => timeline.push(format!(
+                    "  +{:>6} ms  engine {} rebuilt {:?}: {} records in {} ms",
+                    l.at_ms - killed_at,
+                    e.instance,
+                    parts,
+                    l.u64("records"),
+                    l.u64("elapsed_ms")
+                )),
+                _ => {}
+            }
+        }
+    }
+    timeline.sort();
+    println!("timeline after the kill:\n{}", timeline.join("\n"));
+
+    // Let the rest fire, then audit.
+    let all_due = first_due + seconds * 1000;
+    wait_for("every timer fired", Duration::from_secs(seconds + 120), || {
+        Ok(now_ms() > all_due + 2_000 && watcher.count() >= n)
+    })
+    .unwrap_or_else(|e| println!("warning: {e}"));
+    for e in engines {
+        e.terminate()?;
+    }
+    let report = audit(&deployment)?;
+
+    let gaps: Vec<u64> = first.values().map(|f| f.fired_at_ms - killed_at).collect();
+    let worst_moved = watcher
+        .snapshot()
+        .iter()
+        .filter(|f| moved.contains(&f.partition) && f.fired_at_ms >= killed_at)
+        .map(|f| f.fired_at_ms - f.fire_at_ms)
+        .max()
+        .unwrap_or(0);
+    println!();
+    println!("| session timeout ms | transaction timeout ms | moved partitions | kill → first fire on a moved partition ms (min / max over partitions) | worst lateness on moved partitions ms | checker | load avg |");
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| {session_ms} | {} | {} | {} / {} | {worst_moved} | {} ({} fires of {} expected, lateness p99 {} ms) | {} |",
+        txn_ms.map_or("10000 (default)".to_string(), |t| t.to_string()),
+        moved.len(),
+        gaps.iter().min().unwrap_or(&0),
+        gaps.iter().max().unwrap_or(&0),
+        if report.is_clean() { "clean" } else { "PROBLEMS" },
+        report.fires,
+        report.expected,
+        report.lateness_ms.p99,
+        loadavg()
+    );
+    if !report.is_clean() {
+        println!("{report}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- lateness
+
+fn lateness(opts: &Opts) -> anyhow::Result<()> {
+    let rate: u64 = opts.get("rate", 20_000)?;
+    let seconds: u64 = opts.get("seconds", 20)?;
+    let ticks = opts.list("tick-ms", &[2, 10, 50])?;
+    let lead_in_ms: u64 = opts.get("lead-in-ms", 20_000)?;
+    let mut rows = Vec::new();
+    for tick in ticks {
+        rows.push(lateness_run(opts, rate, seconds, tick, lead_in_ms)?);
+    }
+    println!();
+    println!("| tick ms | timers | engine lateness p50 / p90 / p99 / max ms | visible lateness p50 / p99 / max ms | with a 50 / 100 ms lead: visible p99 ms | engine CPU in window | checker | load avg |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
+}
+
+fn lateness_run(opts: &Opts, rate: u64, seconds: u64, tick: u64, lead_in_ms: u64) -> anyhow::Result<String> {
+    println!("-- tick {tick} ms");
+    let deployment = Deployment::create("lateness", opts)?;
+    let mut engine = Engine::spawn(&deployment, "solo", &["--tick-ms".into(), tick.to_string()])?;
+    wait_live(&mut engine, deployment.partitions as usize, Duration::from_secs(60))?;
+    let watcher = FireWatcher::start(&deployment)?;
+    let n = (rate * seconds) as usize;
+    let window_start = now_ms() + lead_in_ms;
+    let produce_rate = produce(&deployment.topics, n, |i| window_start + i as u64 * 1000 / rate)?;
+    wait_applied(&deployment, Duration::from_secs(lead_in_ms / 1000 + 120))?;
+    let applied_by = now_ms();
+    println!(
+        "produced {n} at {produce_rate:.0}/s; all applied {} ms before the window",
+        window_start as i64 - applied_by as i64
+    );
+    if applied_by > window_start {
+        println!("warning: input still being applied when the window opened (raise --lead-in-ms)");
+    }
+    wait_for("the window to open", Duration::from_millis(lead_in_ms + 60_000), || {
+        Ok(now_ms() >= window_start)
+    })?;
+    let cpu_start = engine.cpu_seconds();
+    let load_start = loadavg();
+    let window_end = window_start + seconds * 1000;
+    wait_for("the window to close", Duration::from_secs(seconds + 60), || Ok(now_ms() >= window_end))?;
+    let cpu = (engine.cpu_seconds() - cpu_start) / seconds as f64;
+    wait_for("every fire received", Duration::from_secs(120), || Ok(watcher.count() >= n))?;
+    engine.terminate()?;
+    let report = audit(&deployment)?;
+    let fires = watcher.snapshot();
+    let mut visible: Vec<u64> = fires
+        .iter()
+        .map(|f| f.received_ms.saturating_sub(f.fire_at_ms))
+        .collect();
+    let vis = Lateness::of(&mut visible);
+    let with_lead = |lead: u64| {
+        let mut v: Vec<u64> = visible.iter().map(|l| l.saturating_sub(lead)).collect();
+        Lateness::of(&mut v).p99
+    };
+    let l = &report.lateness_ms;
+    let engine_late_max = fires.iter().map(|f| f.fired_at_ms - f.fire_at_ms).max().unwrap_or(0);
+    println!("{report}");
+    Ok(format!(
+        "| {tick} | {n} | {} / {} / {} / {} | {} / {} / {} | {} / {} | {:.0}% of a core | {} | {load_start} |",
+        l.p50,
+        l.p90,
+        l.p99,
+        l.max.max(engine_late_max),
+        vis.p50,
+        vis.p99,
+        vis.max,
+        with_lead(50),
+        with_lead(100),
+        cpu * 100.0,
+        if report.is_clean() { "clean" } else { "PROBLEMS" },
+    ))
+}
