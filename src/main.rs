@@ -75,7 +75,7 @@ struct CheckArgs {
     #[arg(long, default_value_t = 5000)]
     grace_ms: u64,
     /// The engines' lead (CHIME_LEAD_MS): fires this far ahead are not early.
-    #[arg(long, env = "CHIME_LEAD_MS", default_value_t = 0)]
+    #[arg(long, env = "CHIME_LEAD_MS", default_value_t = chime_engine::DEFAULT_LEAD.as_millis() as u64)]
     lead_ms: u64,
     /// Print the report as JSON.
     #[arg(long)]
@@ -133,8 +133,9 @@ struct EngineArgs {
     /// Transaction interval: the longest input waits before it is committed.
     #[arg(long, env = "CHIME_TICK_MS", default_value_t = 10)]
     tick_ms: u64,
-    /// Emit fires this far ahead of their time (the dispatcher holds them).
-    #[arg(long, env = "CHIME_LEAD_MS", default_value_t = 0)]
+    /// Emit fires this far ahead of their time (the dispatcher holds them
+    /// until due; a cancel inside the lead is sent after them as a revoke).
+    #[arg(long, env = "CHIME_LEAD_MS", default_value_t = chime_engine::DEFAULT_LEAD.as_millis() as u64)]
     lead_ms: u64,
     /// Consumer-group session timeout: how soon a dead engine's partitions move.
     #[arg(long, env = "CHIME_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
@@ -157,7 +158,11 @@ struct DispatcherArgs {
     #[arg(long, env = "CHIME_MAX_IN_FLIGHT_PER_HOST", default_value_t = 64)]
     max_in_flight_per_host: usize,
     /// Unfinished fire records per partition before it is paused.
-    #[arg(long, env = "CHIME_MAX_IN_FLIGHT_PER_PARTITION", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "CHIME_MAX_IN_FLIGHT_PER_PARTITION",
+        default_value_t = 1000
+    )]
     max_in_flight_per_partition: usize,
     /// Retry backoffs shorter than this wait in place; longer ones become timers.
     #[arg(long, env = "CHIME_RETRY_IN_PLACE_BELOW_MS", default_value_t = 1000)]
@@ -172,7 +177,11 @@ struct DispatcherArgs {
     #[arg(long, env = "CHIME_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     shutdown_grace_ms: u64,
     /// Consumer-group session timeout: how soon a dead dispatcher's partitions move.
-    #[arg(long, env = "CHIME_DISPATCHER_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "CHIME_DISPATCHER_SESSION_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     dispatcher_session_timeout_ms: u64,
 }
 
@@ -291,7 +300,8 @@ async fn main() -> anyhow::Result<()> {
             let mut config = chime_engine::checker::CheckConfig::new(&k.bootstrap, &k.topic_prefix);
             config.grace = Duration::from_millis(a.grace_ms);
             config.lead = Duration::from_millis(a.lead_ms);
-            let report = tokio::task::spawn_blocking(move || chime_engine::checker::check(&config)).await??;
+            let report = tokio::task::spawn_blocking(move || chime_engine::checker::check(&config))
+                .await??;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

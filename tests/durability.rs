@@ -35,7 +35,11 @@ fn spread(n: usize, lead_in_ms: u64) -> Vec<TimerCommand> {
 }
 
 fn distinct_ids(fires: &[common::processes::SeenFire]) -> usize {
-    fires.iter().map(|f| f.id.as_str()).collect::<HashSet<_>>().len()
+    fires
+        .iter()
+        .map(|f| f.id.as_str())
+        .collect::<HashSet<_>>()
+        .len()
 }
 
 async fn audit(prefix: &str) -> CheckReport {
@@ -59,9 +63,13 @@ async fn restart_after_kill9_fires_every_timer_exactly_once() {
     let (prefix, topics) = topics_for("restart").await;
     let watcher = FireWatcher::start(&topics);
     let engine = EngineProcess::spawn(&prefix, "solo");
-    TimerProducer::new(&topics).send_all(&spread(TIMERS, 3_000)).await;
+    TimerProducer::new(&topics)
+        .send_all(&spread(TIMERS, 3_000))
+        .await;
 
-    watcher.wait_until("40% fired", Duration::from_secs(60), |s| s.len() >= TIMERS * 4 / 10);
+    watcher.wait_until("40% fired", Duration::from_secs(60), |s| {
+        s.len() >= TIMERS * 4 / 10
+    });
     engine.kill9();
     let engine = EngineProcess::spawn(&prefix, "solo");
     watcher.wait_until("every timer fired", Duration::from_secs(90), |s| {
@@ -78,9 +86,13 @@ async fn failover_after_kill9_of_one_of_three_engines_fires_every_timer_exactly_
     let a = EngineProcess::spawn(&prefix, "a");
     let b = EngineProcess::spawn(&prefix, "b");
     let c = EngineProcess::spawn(&prefix, "c");
-    TimerProducer::new(&topics).send_all(&spread(TIMERS, 3_000)).await;
+    TimerProducer::new(&topics)
+        .send_all(&spread(TIMERS, 3_000))
+        .await;
 
-    watcher.wait_until("40% fired", Duration::from_secs(60), |s| s.len() >= TIMERS * 4 / 10);
+    watcher.wait_until("40% fired", Duration::from_secs(60), |s| {
+        s.len() >= TIMERS * 4 / 10
+    });
     b.kill9();
     watcher.wait_until("every timer fired", Duration::from_secs(90), |s| {
         distinct_ids(s) >= TIMERS
@@ -110,9 +122,13 @@ async fn graceful_handover(test: &str) -> (String, u64) {
     let watcher = FireWatcher::start(&topics);
     let a = EngineProcess::spawn(&prefix, "a");
     let b = EngineProcess::spawn(&prefix, "b");
-    TimerProducer::new(&topics).send_all(&spread(TIMERS, 3_000)).await;
+    TimerProducer::new(&topics)
+        .send_all(&spread(TIMERS, 3_000))
+        .await;
 
-    watcher.wait_until("40% fired", Duration::from_secs(60), |s| s.len() >= TIMERS * 4 / 10);
+    watcher.wait_until("40% fired", Duration::from_secs(60), |s| {
+        s.len() >= TIMERS * 4 / 10
+    });
     let stopped_at = now_ms();
     b.terminate();
     watcher.wait_until("every timer fired", Duration::from_secs(90), |s| {
@@ -149,17 +165,23 @@ async fn cancel_and_reschedule_hold_across_a_restart() {
         .await;
     producer
         .send_all(&[
-            TimerCommand::Cancel { id: "cancelled-before-restart".into() },
+            TimerCommand::Cancel {
+                id: "cancelled-before-restart".into(),
+            },
             schedule("moved", moved_to),
         ])
         .await;
     // Restart while everything is still pending: the cancel and the
     // re-schedule must survive through the changelog.
-    watcher.wait_until("a quiet moment", Duration::from_secs(30), |_| now_ms() > now + 1_500);
+    watcher.wait_until("a quiet moment", Duration::from_secs(30), |_| {
+        now_ms() > now + 1_500
+    });
     engine.kill9();
     let engine = EngineProcess::spawn(&prefix, "solo");
     producer
-        .send_all(&[TimerCommand::Cancel { id: "cancelled-after-restart".into() }])
+        .send_all(&[TimerCommand::Cancel {
+            id: "cancelled-after-restart".into(),
+        }])
         .await;
     watcher.wait_until("the sentinel fired", Duration::from_secs(60), |s| {
         s.iter().any(|f| f.id == "sentinel")
@@ -183,22 +205,30 @@ async fn zombie_resumed_after_its_partitions_moved_commits_nothing() {
     let watcher = FireWatcher::start(&topics);
     let zombie = EngineProcess::spawn(&prefix, "zombie");
     let survivor = EngineProcess::spawn(&prefix, "survivor");
-    TimerProducer::new(&topics).send_all(&spread(TIMERS, 3_000)).await;
+    TimerProducer::new(&topics)
+        .send_all(&spread(TIMERS, 3_000))
+        .await;
 
-    watcher.wait_until("25% fired", Duration::from_secs(60), |s| s.len() >= TIMERS / 4);
+    watcher.wait_until("25% fired", Duration::from_secs(60), |s| {
+        s.len() >= TIMERS / 4
+    });
     let paused_at = now_ms();
     zombie.pause();
     // The survivor owns every partition once it fires on all of them for
     // timers due after the zombie's session expired.
     let expired = paused_at + SESSION_TIMEOUT_MS;
-    watcher.wait_until("survivor firing every partition", Duration::from_secs(60), |s| {
-        s.iter()
-            .filter(|f| f.fire_at_ms > expired)
-            .map(|f| f.partition)
-            .collect::<HashSet<_>>()
-            .len()
-            == PARTITIONS as usize
-    });
+    watcher.wait_until(
+        "survivor firing every partition",
+        Duration::from_secs(60),
+        |s| {
+            s.iter()
+                .filter(|f| f.fire_at_ms > expired)
+                .map(|f| f.partition)
+                .collect::<HashSet<_>>()
+                .len()
+                == PARTITIONS as usize
+        },
+    );
     zombie.resume();
     watcher.wait_until("every timer fired", Duration::from_secs(90), |s| {
         distinct_ids(s) >= TIMERS

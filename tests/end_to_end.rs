@@ -307,3 +307,69 @@ async fn timers_created_in_reverse_order_fire_in_time_order() {
     }
     chime.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_inside_the_lead_revokes_the_held_fire() {
+    let mut rx = Receiver::start().await;
+    // A long lead, so the cancel surely lands after the fire was emitted.
+    let chime = Chime::start_with_engine("revoke", &mut rx, |engine| {
+        engine.lead = Duration::from_millis(2_000);
+    })
+    .await;
+    let due = now_ms() + 3_000;
+    let at = |ms: u64| {
+        chrono::DateTime::from_timestamp_millis(ms as i64)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    for (id, fire_at) in [("held", due), ("kept", due + 300)] {
+        let (status, body) = chime
+            .post(
+                "/v1/timers",
+                serde_json::json!({"id": id, "fire_at": at(fire_at), "callback": {"url": rx.url(&format!("/{id}"))}}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // Wait until the engine has emitted "held" ahead of its time...
+    let deadline = std::time::Instant::now() + CALLBACK_WAIT;
+    loop {
+        let state: serde_json::Value = chime
+            .http
+            .get(format!("{}/v1/timers/held", chime.api))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if state["state"] == "fired" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never emitted: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(now_ms() < due, "emitted ahead of its time, still before it");
+    // ...then cancel it: the dispatcher holding it must not call.
+    let r = chime
+        .http
+        .delete(format!("{}/v1/timers/held", chime.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let got = rx.expect(1, CALLBACK_WAIT).await.remove(0);
+    assert_eq!(got.path, "/kept", "the revoked fire was called");
+    assert!(
+        got.at_ms >= due + 300,
+        "held fires are called on time, not early"
+    );
+    assert!(
+        rx.next(Duration::from_millis(300)).await.is_none(),
+        "nothing else arrives"
+    );
+    chime.stop().await;
+}

@@ -40,13 +40,20 @@ pub struct FireRecord {
     pub value: Option<String>,
     /// The timer, or why the record is not one.
     pub timer: Result<TimerSpec, String>,
+    /// For a revoke record (the engine took back a fire it emitted ahead of
+    /// its time): the id whose held fire must not be called.
+    pub revokes: Option<String>,
 }
 
 impl FireRecord {
     pub fn from_message(m: &BorrowedMessage<'_>) -> Self {
+        let mut revokes = None;
         let timer = match TimerCommand::decode(m.key(), m.payload()) {
             Ok(TimerCommand::Schedule(spec)) => Ok(spec),
-            Ok(TimerCommand::Cancel { .. }) => Err("a cancel is not a fire record".to_string()),
+            Ok(TimerCommand::Cancel { id }) => {
+                revokes = Some(id);
+                Err("a revoke, not a fire".to_string())
+            }
             Err(e) => Err(format!("undecodable fire record: {e}")),
         };
         FireRecord {
@@ -59,6 +66,7 @@ impl FireRecord {
                 lossy(m.payload())
             },
             timer,
+            revokes,
         }
     }
 }
@@ -133,7 +141,14 @@ impl Delivery {
     /// Calls the timer's callback no earlier than its due time, retrying in
     /// place while the backoff is short. `abandon` ends every wait (due time,
     /// backoff, a free slot) but not a call already made.
-    pub async fn deliver(&self, fire: FireRecord, abandon: &CancellationToken) -> Settled {
+    /// Delivers one fire. `revoked` ends the wait for the due time: the engine
+    /// took the fire back (a cancel came after it was emitted ahead of time).
+    pub async fn deliver(
+        &self,
+        fire: FireRecord,
+        abandon: &CancellationToken,
+        revoked: &CancellationToken,
+    ) -> Settled {
         let mut spec = match &fire.timer {
             Ok(spec) => spec.clone(),
             Err(reason) => {
@@ -143,8 +158,20 @@ impl Delivery {
         let first_fire_at = spec.first_fire_at_ms.unwrap_or(spec.fire_at_ms);
         let key = idempotency_key(&spec.id, first_fire_at);
         let policy = self.retry.apply(&spec.retry);
+        // The contract: never before the due time. A fire emitted ahead of
+        // its time is held here, and a revoke ends the hold for good.
+        let wait = spec.fire_at_ms.saturating_sub(now_ms());
+        if wait > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                _ = abandon.cancelled() => return Settled::Abandoned,
+                _ = revoked.cancelled() => {
+                    tracing::debug!(id = %spec.id, "held fire revoked");
+                    return Settled::Done(None);
+                }
+            }
+        }
         loop {
-            // The contract: never before the due time.
             let wait = spec.fire_at_ms.saturating_sub(now_ms());
             if wait > 0 && !wait_or_abandon(Duration::from_millis(wait), abandon).await {
                 return Settled::Abandoned;

@@ -101,6 +101,8 @@ struct Finished {
     epoch: u64,
     offset: i64,
     settled: Settled,
+    /// The timer id the task held, if any (see [`Dispatcher::held`]).
+    id: Option<String>,
 }
 
 type Progress = PartitionProgress<OutputRecord>;
@@ -115,6 +117,9 @@ struct Dispatcher {
     next_epoch: u64,
     /// Delivery tasks not yet finished.
     running: usize,
+    /// Fires waiting for their due time, by timer id: (partition, offset,
+    /// the token a revoke record cancels).
+    held: HashMap<String, (i32, i64, CancellationToken)>,
 }
 
 /// Runs a dispatcher until `shutdown`: then it stops taking records, lets
@@ -151,6 +156,7 @@ pub async fn serve(config: DispatcherConfig, shutdown: CancellationToken) -> any
         paused: HashSet::new(),
         next_epoch: 0,
         running: 0,
+        held: HashMap::new(),
     };
     // Waits (due time, backoff, slots) end at shutdown; calls made do not.
     let abandon = CancellationToken::new();
@@ -192,12 +198,26 @@ pub async fn serve(config: DispatcherConfig, shutdown: CancellationToken) -> any
                 drop(msg);
                 let (partition, offset) = (fire.partition, fire.offset);
                 let epoch = d.start(partition, offset);
+                if let Some(id) = &fire.revokes {
+                    // Same key, so it follows the fire it revokes; a fire
+                    // already being called is not stopped.
+                    if let Some((_, _, token)) = d.held.get(id) {
+                        token.cancel();
+                    }
+                    d.finished(Finished { partition, epoch, offset, settled: Settled::Done(None), id: None });
+                    continue;
+                }
+                let revoked = CancellationToken::new();
+                let id = fire.timer.as_ref().ok().map(|spec| spec.id.clone());
+                if let Some(id) = &id {
+                    d.held.insert(id.clone(), (partition, offset, revoked.clone()));
+                }
                 let delivery = delivery.clone();
                 let done_tx = done_tx.clone();
                 let abandon = abandon.clone();
                 tokio::spawn(async move {
-                    let settled = delivery.deliver(fire, &abandon).await;
-                    let _ = done_tx.send(Finished { partition, epoch, offset, settled });
+                    let settled = delivery.deliver(fire, &abandon, &revoked).await;
+                    let _ = done_tx.send(Finished { partition, epoch, offset, settled, id });
                 });
             }
         }
@@ -268,6 +288,15 @@ impl Dispatcher {
 
     fn finished(&mut self, done: Finished) {
         self.running -= 1;
+        if let Some(id) = &done.id {
+            if self
+                .held
+                .get(id)
+                .is_some_and(|(p, o, _)| (*p, *o) == (done.partition, done.offset))
+            {
+                self.held.remove(id);
+            }
+        }
         let Settled::Done(output) = done.settled else {
             return;
         };

@@ -557,7 +557,11 @@ fn clock_ticks_per_second() -> f64 {
 }
 
 /// Waits until `cond` holds, checking every 100 ms, or fails naming `what`.
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while !cond()? {
         if Instant::now() > deadline {
@@ -571,15 +575,19 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> anyhow::Res
 /// Waits until `engine` has made every one of its assigned partitions live
 /// and owns `expected` of them.
 fn wait_live(engine: &mut Engine, expected: usize, timeout: Duration) -> anyhow::Result<()> {
-    wait_for(&format!("engine {} live on {expected} partitions", engine.instance), timeout, || {
-        engine.check_alive()?;
-        let live: BTreeSet<u64> = engine
-            .lines("partition live")
-            .iter()
-            .map(|l| l.u64("partition"))
-            .collect();
-        Ok(engine.owned().len() == expected && live.len() >= expected)
-    })
+    wait_for(
+        &format!("engine {} live on {expected} partitions", engine.instance),
+        timeout,
+        || {
+            engine.check_alive()?;
+            let live: BTreeSet<u64> = engine
+                .lines("partition live")
+                .iter()
+                .map(|l| l.u64("partition"))
+                .collect();
+            Ok(engine.owned().len() == expected && live.len() >= expected)
+        },
+    )
 }
 
 // ---------------------------------------------------------------- fire watcher
@@ -706,11 +714,17 @@ fn rebuild(opts: &Opts) -> anyhow::Result<()> {
         let spawn_to_live = spawned.elapsed().as_millis();
         let rebuilt = engine.lines("changelog rebuilt");
         let covered: BTreeSet<i32> = rebuilt.iter().flat_map(|l| l.partitions()).collect();
-        anyhow::ensure!(covered.len() == p, "rebuild covered {covered:?}, not all {p} partitions");
+        anyhow::ensure!(
+            covered.len() == p,
+            "rebuild covered {covered:?}, not all {p} partitions"
+        );
         let records: u64 = rebuilt.iter().map(|l| l.u64("records")).sum();
         let pending: u64 = rebuilt.iter().map(|l| l.u64("pending")).sum();
         let elapsed_ms: u64 = rebuilt.iter().map(|l| l.u64("elapsed_ms")).sum();
-        anyhow::ensure!(pending == n as u64, "rebuilt {pending} pending timers, expected {n}");
+        anyhow::ensure!(
+            pending == n as u64,
+            "rebuilt {pending} pending timers, expected {n}"
+        );
         println!(
             "| rebuild {run} ({} load{}) | {records} | {pending} | {elapsed_ms} | {:.0} | {:.0} | {spawn_to_live} | {:.0} ({:.0}) | {} |",
             rebuilt.len(),
@@ -746,7 +760,10 @@ fn raw_changelog_read(deployment: &Deployment) -> anyhow::Result<(u64, u64)> {
     let started = Instant::now();
     let (mut records, mut at_end) = (0u64, 0);
     while at_end < deployment.partitions {
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "bare read too slow");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "bare read too slow"
+        );
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(_)) => records += 1,
             Some(Err(KafkaError::PartitionEOF(_))) => at_end += 1,
@@ -779,25 +796,29 @@ fn failover(opts: &Opts) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     // A stable assignment: every partition owned by exactly one of three.
     let mut stable_since: Option<(Instant, Vec<BTreeSet<i32>>)> = None;
-    wait_for("a stable three-way assignment", Duration::from_secs(90), || {
-        for e in engines.iter_mut() {
-            e.check_alive()?;
-        }
-        let owned: Vec<BTreeSet<i32>> = engines.iter().map(Engine::owned).collect();
-        let total: usize = owned.iter().map(BTreeSet::len).sum();
-        let union: BTreeSet<i32> = owned.iter().flatten().copied().collect();
-        if total != p || union.len() != p || owned.iter().any(BTreeSet::is_empty) {
-            stable_since = None;
-            return Ok(false);
-        }
-        match &stable_since {
-            Some((since, was)) if *was == owned => Ok(since.elapsed() > Duration::from_secs(3)),
-            _ => {
-                stable_since = Some((Instant::now(), owned));
-                Ok(false)
+    wait_for(
+        "a stable three-way assignment",
+        Duration::from_secs(90),
+        || {
+            for e in engines.iter_mut() {
+                e.check_alive()?;
             }
-        }
-    })?;
+            let owned: Vec<BTreeSet<i32>> = engines.iter().map(Engine::owned).collect();
+            let total: usize = owned.iter().map(BTreeSet::len).sum();
+            let union: BTreeSet<i32> = owned.iter().flatten().copied().collect();
+            if total != p || union.len() != p || owned.iter().any(BTreeSet::is_empty) {
+                stable_since = None;
+                return Ok(false);
+            }
+            match &stable_since {
+                Some((since, was)) if *was == owned => Ok(since.elapsed() > Duration::from_secs(3)),
+                _ => {
+                    stable_since = Some((Instant::now(), owned));
+                    Ok(false)
+                }
+            }
+        },
+    )?;
     for e in &engines {
         println!("engine {} owns {:?}", e.instance, e.owned());
     }
@@ -805,12 +826,18 @@ fn failover(opts: &Opts) -> anyhow::Result<()> {
     let watcher = FireWatcher::start(&deployment)?;
     let n = (rate * seconds) as usize;
     let first_due = now_ms() + 5_000;
-    let produce_rate = produce(&deployment.topics, n, |i| first_due + i as u64 * 1000 / rate)?;
+    let produce_rate = produce(&deployment.topics, n, |i| {
+        first_due + i as u64 * 1000 / rate
+    })?;
     println!("produced {n} timers ({rate}/s over {seconds} s) at {produce_rate:.0}/s");
 
     // Fire steadily for a while, then kill the middle engine.
     let kill_after = first_due + (seconds * 1000 / 3).max(8_000);
-    wait_for("the steady phase", Duration::from_secs(seconds + 60), || Ok(now_ms() >= kill_after))?;
+    wait_for(
+        "the steady phase",
+        Duration::from_secs(seconds + 60),
+        || Ok(now_ms() >= kill_after),
+    )?;
     let victim = engines.remove(1);
     let moved = victim.owned();
     let killed_at = now_ms();
@@ -871,9 +898,11 @@ fn failover(opts: &Opts) -> anyhow::Result<()> {
 
     // Let the rest fire, then audit.
     let all_due = first_due + seconds * 1000;
-    wait_for("every timer fired", Duration::from_secs(seconds + 120), || {
-        Ok(now_ms() > all_due + 2_000 && watcher.count() >= n)
-    })
+    wait_for(
+        "every timer fired",
+        Duration::from_secs(seconds + 120),
+        || Ok(now_ms() > all_due + 2_000 && watcher.count() >= n),
+    )
     .unwrap_or_else(|e| println!("warning: {e}"));
     for e in engines {
         e.terminate()?;
@@ -929,15 +958,27 @@ fn lateness(opts: &Opts) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn lateness_run(opts: &Opts, rate: u64, seconds: u64, tick: u64, lead_in_ms: u64) -> anyhow::Result<String> {
+fn lateness_run(
+    opts: &Opts,
+    rate: u64,
+    seconds: u64,
+    tick: u64,
+    lead_in_ms: u64,
+) -> anyhow::Result<String> {
     println!("-- tick {tick} ms");
     let deployment = Deployment::create("lateness", opts)?;
     let mut engine = Engine::spawn(&deployment, "solo", &["--tick-ms".into(), tick.to_string()])?;
-    wait_live(&mut engine, deployment.partitions as usize, Duration::from_secs(60))?;
+    wait_live(
+        &mut engine,
+        deployment.partitions as usize,
+        Duration::from_secs(60),
+    )?;
     let watcher = FireWatcher::start(&deployment)?;
     let n = (rate * seconds) as usize;
     let window_start = now_ms() + lead_in_ms;
-    let produce_rate = produce(&deployment.topics, n, |i| window_start + i as u64 * 1000 / rate)?;
+    let produce_rate = produce(&deployment.topics, n, |i| {
+        window_start + i as u64 * 1000 / rate
+    })?;
     wait_applied(&deployment, Duration::from_secs(lead_in_ms / 1000 + 120))?;
     let applied_by = now_ms();
     println!(
@@ -947,15 +988,23 @@ fn lateness_run(opts: &Opts, rate: u64, seconds: u64, tick: u64, lead_in_ms: u64
     if applied_by > window_start {
         println!("warning: input still being applied when the window opened (raise --lead-in-ms)");
     }
-    wait_for("the window to open", Duration::from_millis(lead_in_ms + 60_000), || {
-        Ok(now_ms() >= window_start)
-    })?;
+    wait_for(
+        "the window to open",
+        Duration::from_millis(lead_in_ms + 60_000),
+        || Ok(now_ms() >= window_start),
+    )?;
     let cpu_start = engine.cpu_seconds();
     let load_start = loadavg();
     let window_end = window_start + seconds * 1000;
-    wait_for("the window to close", Duration::from_secs(seconds + 60), || Ok(now_ms() >= window_end))?;
+    wait_for(
+        "the window to close",
+        Duration::from_secs(seconds + 60),
+        || Ok(now_ms() >= window_end),
+    )?;
     let cpu = (engine.cpu_seconds() - cpu_start) / seconds as f64;
-    wait_for("every fire received", Duration::from_secs(120), || Ok(watcher.count() >= n))?;
+    wait_for("every fire received", Duration::from_secs(120), || {
+        Ok(watcher.count() >= n)
+    })?;
     engine.terminate()?;
     let report = audit(&deployment)?;
     let fires = watcher.snapshot();
@@ -969,7 +1018,11 @@ fn lateness_run(opts: &Opts, rate: u64, seconds: u64, tick: u64, lead_in_ms: u64
         Lateness::of(&mut v).p99
     };
     let l = &report.lateness_ms;
-    let engine_late_max = fires.iter().map(|f| f.fired_at_ms - f.fire_at_ms).max().unwrap_or(0);
+    let engine_late_max = fires
+        .iter()
+        .map(|f| f.fired_at_ms - f.fire_at_ms)
+        .max()
+        .unwrap_or(0);
     println!("{report}");
     Ok(format!(
         "| {tick} | {n} | {} / {} / {} / {} | {} / {} / {} | {} / {} | {:.0}% of a core | {} | {load_start} |",

@@ -6,9 +6,10 @@
 //!
 //! The model: for each timer id the latest command on `chime.timers` wins. If
 //! it is a schedule due more than `grace` ago, exactly one fire record with the
-//! same `(id, fire_at, attempt)` must exist. Earlier schedules of the same id
+//! same `(id, fire_at)` must exist (a revoke record on the fires topic takes
+//! back a fire emitted ahead of its time). Earlier schedules of the same id
 //! that were replaced may or may not have fired (a re-schedule after the fire
-//! is a new timer), but no `(id, fire_at, attempt)` may fire twice.
+//! is a new timer), but no `(id, fire_at)` may fire twice.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use chime_wire::record::HEADER_FIRED_AT_MS;
+use chime_wire::record::{HEADER_FIRED_AT_MS, HEADER_REVOKES_FIRE_AT_MS};
 use chime_wire::time::now_ms;
 use chime_wire::{TimerCommand, Topics};
 
@@ -43,7 +44,7 @@ impl CheckConfig {
             bootstrap: bootstrap.to_string(),
             topics: Topics::new(topic_prefix),
             grace: Duration::from_secs(5),
-            lead: Duration::ZERO,
+            lead: crate::DEFAULT_LEAD,
             read_timeout: Duration::from_secs(120),
         }
     }
@@ -84,13 +85,15 @@ pub struct CheckReport {
     pub commands: usize,
     /// Timer ids whose latest command is a schedule due before now − grace.
     pub expected: usize,
-    /// Fire records read.
+    /// Fire records read, less those revoked.
     pub fires: usize,
+    /// Fires emitted ahead of their time and then revoked by a cancel.
+    pub revoked: usize,
     /// Pending records left in the changelog.
     pub pending: usize,
     /// Expected timers with no fire record (ids).
     pub missing: Vec<String>,
-    /// `(id, fire_at, attempt)` fired more than once (ids).
+    /// `(id, fire_at)` fired more than once (ids).
     pub duplicates: Vec<String>,
     /// Fired before their time (less the lead) (ids).
     pub early: Vec<String>,
@@ -124,6 +127,7 @@ impl std::fmt::Display for CheckReport {
         writeln!(f, "commands read          {}", self.commands)?;
         writeln!(f, "timers expected fired  {}", self.expected)?;
         writeln!(f, "fire records           {}", self.fires)?;
+        writeln!(f, "revoked fires          {}", self.revoked)?;
         writeln!(f, "pending in changelog   {}", self.pending)?;
         for (name, ids) in [
             ("missing", &self.missing),
@@ -151,7 +155,6 @@ impl std::fmt::Display for CheckReport {
 /// The latest command for one timer id.
 struct Intent {
     fire_at_ms: u64,
-    attempt: u32,
     /// Timestamp of a cancel that came after the schedule, if one did.
     cancelled_at_ms: Option<u64>,
 }
@@ -170,7 +173,6 @@ pub fn check(config: &CheckConfig) -> anyhow::Result<CheckReport> {
                     spec.id,
                     Intent {
                         fire_at_ms: spec.fire_at_ms,
-                        attempt: spec.attempt,
                         cancelled_at_ms: None,
                     },
                 );
@@ -184,22 +186,34 @@ pub fn check(config: &CheckConfig) -> anyhow::Result<CheckReport> {
         }
     })?;
 
-    // (id, fire_at, attempt) → fired_at of each fire record
-    let mut fired: HashMap<(String, u64, u32), Vec<u64>> = HashMap::new();
+    // (id, fire_at) → fired_at of each fire record not revoked
+    let mut fired: HashMap<(String, u64), Vec<u64>> = HashMap::new();
     let mut lateness = Vec::new();
     let lead = config.lead.as_millis() as u64;
     read_all(config, &config.topics.fires, |m| {
-        report.fires += 1;
-        let Ok(TimerCommand::Schedule(spec)) = TimerCommand::decode(m.key(), m.payload()) else {
-            return;
+        let spec = match TimerCommand::decode(m.key(), m.payload()) {
+            Ok(TimerCommand::Schedule(spec)) => spec,
+            // A revoke takes back a fire emitted ahead of its time.
+            Ok(TimerCommand::Cancel { id }) => {
+                if let Some(at) = header_u64(m, HEADER_REVOKES_FIRE_AT_MS) {
+                    if let Some(times) = fired.get_mut(&(id, at)) {
+                        times.pop();
+                        report.fires -= 1;
+                        report.revoked += 1;
+                    }
+                }
+                return;
+            }
+            Err(_) => return,
         };
+        report.fires += 1;
         let fired_at = header_u64(m, HEADER_FIRED_AT_MS).unwrap_or_else(|| timestamp(m));
         if fired_at.saturating_add(lead) < spec.fire_at_ms {
             report.early.push(spec.id.clone());
         }
         lateness.push(fired_at.saturating_sub(spec.fire_at_ms));
         fired
-            .entry((spec.id, spec.fire_at_ms, spec.attempt))
+            .entry((spec.id, spec.fire_at_ms))
             .or_default()
             .push(fired_at);
     })?;
@@ -223,14 +237,14 @@ pub fn check(config: &CheckConfig) -> anyhow::Result<CheckReport> {
     report.pending = pending.len();
 
     let due_before = now.saturating_sub(config.grace.as_millis() as u64);
-    for ((id, _, _), times) in &fired {
+    for ((id, _), times) in &fired {
         if times.len() > 1 {
             report.duplicates.push(id.clone());
         }
     }
     for (id, intent) in &intents {
-        let key = (id.clone(), intent.fire_at_ms, intent.attempt);
-        let fires = fired.get(&key);
+        let key = (id.clone(), intent.fire_at_ms);
+        let fires = fired.get(&key).filter(|t| !t.is_empty());
         match intent.cancelled_at_ms {
             // A cancel written well before the fire must have prevented it.
             Some(cancelled_at)

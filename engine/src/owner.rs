@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use chime_wire::record::{
     lossy, DeadLetter, HEADER_FIRED_AT_MS, HEADER_FIRE_AT_MS, HEADER_LATENESS_MS, HEADER_OUTCOME,
-    OUTCOME_CANCELLED, OUTCOME_FIRED,
+    HEADER_REVOKES_FIRE_AT_MS, OUTCOME_CANCELLED, OUTCOME_FIRED,
 };
 use chime_wire::time::now_ms;
 use chime_wire::TimerCommand;
@@ -289,6 +289,7 @@ impl Owner {
                     wheel,
                     next_offset,
                     finished,
+                    early: Default::default(),
                     caught_up: next_offset.is_some()
                         && self.end_of_input.get(&p) == next_offset.as_ref(),
                 },
@@ -319,6 +320,7 @@ impl Owner {
         let fire_until = now.saturating_add(self.config.lead.as_millis() as u64);
         for (&p, state) in owned.live.iter_mut() {
             state.finished.expire(now);
+            state.early.expire(now);
             if !state.caught_up {
                 continue; // a cancel for a due timer may still be unread
             }
@@ -330,6 +332,9 @@ impl Owner {
             txn.begin(&self.producer)?;
             touched.insert(p);
             for fire in self.expired.drain(..) {
+                if fire.deadline > now {
+                    state.early.insert(fire.id.clone(), fire.deadline);
+                }
                 state.finished.record(
                     &fire.id,
                     Finish::Fired {
@@ -492,6 +497,10 @@ fn apply_input(
             let (Some(key), Some(value)) = (&rec.key, &rec.value) else {
                 unreachable!("decode checked key and value");
             };
+            if let Some(fire_at) = state.early.take(key) {
+                // Re-scheduled while its old fire waits at the dispatcher.
+                send_revoke(config, producer, key, fire_at)?;
+            }
             state
                 .wheel
                 .schedule(key.clone(), spec.fire_at_ms, value.clone());
@@ -510,7 +519,11 @@ fn apply_input(
         Ok(TimerCommand::Cancel { id }) => {
             let key = Bytes::copy_from_slice(id.as_bytes());
             if state.wheel.cancel(&key).is_none() {
-                return Ok(()); // not pending: fired already, or never seen
+                match state.early.take(&key) {
+                    // Emitted ahead of its time: the dispatcher still holds it.
+                    Some(fire_at) => send_revoke(config, producer, &key, fire_at)?,
+                    None => return Ok(()), // fired already, or never seen
+                }
             }
             state.finished.record(
                 &key,
@@ -595,6 +608,32 @@ fn emit_fire(
                 }),
         );
     send(producer, tombstone)
+}
+
+/// Revokes a fire emitted ahead of its due time: a cancel record on the fires
+/// topic, same key (so the same partition, after the fire), naming the due
+/// time of the fire it revokes.
+fn send_revoke(
+    config: &EngineConfig,
+    producer: &BaseProducer,
+    id: &Bytes,
+    fire_at: u64,
+) -> anyhow::Result<()> {
+    let value = TimerCommand::Cancel {
+        id: String::from_utf8_lossy(id).into_owned(),
+    }
+    .encode();
+    let at = fire_at.to_string();
+    send(
+        producer,
+        BaseRecord::to(&config.topics.fires)
+            .key(&id[..])
+            .payload(&value[..])
+            .headers(OwnedHeaders::new().insert(Header {
+                key: HEADER_REVOKES_FIRE_AT_MS,
+                value: Some(&at),
+            })),
+    )
 }
 
 /// Enqueues a record, waiting for room when librdkafka's queue is full.

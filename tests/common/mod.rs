@@ -138,6 +138,15 @@ pub struct Chime {
 impl Chime {
     /// Starts every role and waits until a timer on every partition fires.
     pub async fn start(test: &str, receiver: &mut Receiver) -> Chime {
+        Chime::start_with_engine(test, receiver, |_| {}).await
+    }
+
+    /// [`Chime::start`], with the engine's settings adjusted by `configure`.
+    pub async fn start_with_engine(
+        test: &str,
+        receiver: &mut Receiver,
+        configure: impl FnOnce(&mut EngineConfig),
+    ) -> Chime {
         init_logging();
         let prefix = unique_prefix(test);
         let topics = Topics::new(&prefix);
@@ -149,6 +158,7 @@ impl Chime {
         let api = format!("http://{}", listener.local_addr().unwrap());
         let mut engine = EngineConfig::new(&bootstrap(), &prefix);
         engine.session_timeout = Duration::from_secs(6);
+        configure(&mut engine);
         // As in `chime all`, ingest asks the engine in-process for status.
         let engine_status = chime_engine::EngineStatus::default();
         let tasks = vec![

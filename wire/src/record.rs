@@ -17,6 +17,10 @@ pub const HEADER_FIRED_AT_MS: &str = "chime-fired-at-ms";
 /// Header on a fire record: how late the engine emitted it (fired_at − fire_at, ≥ 0).
 pub const HEADER_LATENESS_MS: &str = "chime-lateness-ms";
 
+/// Header on a revoke record in the fires topic (value `{"op":"cancel",…}`):
+/// the due time of the fire, emitted ahead of its time, that it takes back.
+pub const HEADER_REVOKES_FIRE_AT_MS: &str = "chime-revokes-fire-at-ms";
+
 /// Header on a changelog pending record: the timer's due time (unix ms), so a
 /// rebuild need not parse the JSON value.
 pub const HEADER_FIRE_AT_MS: &str = "chime-fire-at-ms";

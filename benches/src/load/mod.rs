@@ -32,6 +32,9 @@ use receiver::{Expected, Receiver};
 use report::{Ceiling, Cpu, Creation, Report};
 use spawn::SpawnedChime;
 
+/// Calls in flight in the raw HTTP baseline.
+const HTTP_BASELINE_IN_FLIGHT: usize = 256;
+
 /// Most timers one run may create.
 pub const MAX_TIMERS: u64 = 2_000_000;
 
@@ -191,6 +194,8 @@ fn check_loopback(url: &str) -> anyhow::Result<()> {
 /// A run's report plus what the plot needs.
 pub struct Outcome {
     pub report: Report,
+    /// Size of one timer record, for the Kafka baseline.
+    pub record_bytes: usize,
     pub due_ms: Vec<u64>,
     pub arrivals: Vec<report::Arrival>,
 }
@@ -260,7 +265,7 @@ pub async fn run(args: &BenchArgs, bootstrap: &str, topic_prefix: &str) -> anyho
         let stopped = chime.stop().await;
         let outcome = outcome?;
         stopped.context("stopping the spawned chime")?;
-        outcome
+        (outcome, args.partitions)
     } else {
         let target = Chime {
             api: args.url.trim_end_matches('/').to_string(),
@@ -268,8 +273,16 @@ pub async fn run(args: &BenchArgs, bootstrap: &str, topic_prefix: &str) -> anyho
             partitions: timers_partitions(bootstrap, &Topics::new(topic_prefix).timers)?,
             processes: Vec::new(),
         };
-        drive(args, bootstrap, &run_id, workload, &receiver, &target).await?
+        let outcome = drive(args, bootstrap, &run_id, workload, &receiver, &target).await?;
+        (outcome, target.partitions)
     };
+    let (mut outcome, partitions) = outcome;
+    // After a spawned chime stopped, so the ceilings do not share the
+    // machine with timers still firing.
+    if args.baselines {
+        outcome.report.baselines =
+            measure_baselines(bootstrap, &run_id, partitions, &outcome, &receiver).await?;
+    }
     receiver.stop();
     Ok(outcome)
 }
@@ -442,7 +455,7 @@ async fn drive(
         })
         .collect();
 
-    let mut report = Report {
+    let report = Report {
         mode: if args.burst.is_some() {
             "burst"
         } else {
@@ -462,12 +475,9 @@ async fn drive(
         cpu,
         baselines: Vec::new(),
     };
-    if args.baselines {
-        report.baselines =
-            measure_baselines(args, bootstrap, run_id, &plan, chime, receiver, &report).await?;
-    }
     Ok(Outcome {
         report,
+        record_bytes: plan.command(0).encode().len(),
         due_ms: plan.due_ms,
         arrivals,
     })
@@ -524,32 +534,32 @@ async fn warm_up(chime: &Chime, receiver: &Receiver, api_key: Option<&str>) -> a
 }
 
 async fn measure_baselines(
-    args: &BenchArgs,
     bootstrap: &str,
     run_id: &str,
-    plan: &create::Plan,
-    chime: &Chime,
+    partitions: i32,
+    outcome: &Outcome,
     receiver: &Receiver,
-    report: &Report,
 ) -> anyhow::Result<Vec<Ceiling>> {
+    let report = &outcome.report;
     let chime_rate = report.delivery.delivered_rate_per_s;
     let share = |rate: f64| if rate > 0.0 { chime_rate / rate } else { 0.0 };
-    let record_bytes = plan.command(0).encode().len();
+    let record_bytes = outcome.record_bytes;
     let (records, seconds) = baseline::kafka_produce_consume(
         bootstrap,
         &format!("bench-{run_id}.baseline"),
-        chime.partitions,
+        partitions,
         report.timers,
         record_bytes,
     )
     .await
     .context("Kafka baseline")?;
     let kafka_rate = records as f64 / seconds.max(1e-6);
-    // The dispatcher's default in-flight limit, so both clients push alike.
+    // Enough calls in flight to keep the receiver busy, as the dispatcher
+    // does (it allows up to 1024 by default).
     let (posts, post_s) = baseline::http_posts(
         receiver,
         report.timers.min(200_000),
-        1024.min(args.concurrency.max(256)),
+        HTTP_BASELINE_IN_FLIGHT,
     )
     .await
     .context("HTTP baseline")?;

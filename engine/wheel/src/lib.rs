@@ -40,13 +40,14 @@
 //!   overflow: later deadlines, grouped by 2^36-ms "epoch"
 //! ```
 //!
-//! Because 64 = 2^6, a deadline's slot at level `n` is just its bits
-//! `6n..6n+6`, and the level a timer goes into is decided by the *highest bit
-//! in which its deadline differs from the wheel's current time*: a timer that
-//! differs only in the low 6 bits is due within the current 64-ms block and
-//! goes to level 0; one that first differs at bit 12 goes to level 2; and so
-//! on. So every level holds only timers of the current block of the level
-//! above it, and a coarse slot is a bucket of timers that share a prefix.
+//! Because 64 = 2^6, a time's base-64 digits are its slots: digit `n` (bits
+//! `6n..6n+6`) is its slot at level `n`. A timer goes into the level of the
+//! *highest digit in which its deadline differs from the wheel's current
+//! time*: a deadline that differs only in digit 0 is due within the current
+//! 64-ms block and goes to level 0; one that first differs in digit 2 goes to
+//! level 2; and so on. So every level holds only timers of the current block
+//! of the level above it, and a coarse slot is a bucket of timers that share
+//! all higher digits.
 //!
 //! As time reaches the start of a coarse slot, its timers are *cascaded*:
 //! each is re-inserted relative to the new time, which puts it into a finer
@@ -55,11 +56,11 @@
 //! and a timer due at 5000:
 //!
 //! ```text
-//! 1000 = 0b00_000011_111010_00    5000 = 0b01_001110_001000
-//! highest differing bit: 12  ->  level 2, slot (5000 >> 12) & 63 = 1, i.e. [4096, 8192)
-//! time reaches 4096: cascade; 5000 ^ 4096 = 904, highest bit 9
-//!                            ->  level 1, slot (5000 >> 6) & 63 = 14, i.e. [4992, 5056)
-//! time reaches 4992: cascade  ->  level 0, slot 5000 & 63 = 8
+//! base-64 digits (level 2, 1, 0):   1000 = (0, 15, 40)     5000 = (1, 14, 8)
+//! highest differing digit: 2  ->  level 2, slot 1, i.e. [4096, 8192)
+//! time reaches 4096 = (1, 0, 0): cascade; now only digit 1 differs
+//!                             ->  level 1, slot 14, i.e. [4992, 5056)
+//! time reaches 4992 = (1, 14, 0): cascade  ->  level 0, slot 8
 //! time reaches 5000: expired.
 //! ```
 //!
@@ -90,11 +91,13 @@
 //!
 //! # Beyond the top level, and in the past
 //!
-//! A deadline more than one top-level span away goes to the *overflow*
-//! (`overflow.rs`): a sorted map from epoch (`deadline >> 36`)
-//! to a list. When the wheel's time reaches the start of the first epoch,
-//! that epoch's list is cascaded into the levels, which by then are empty.
-//! Hence any `u64` deadline is fine, `u64::MAX` included.
+//! The levels cover the current 2^36-ms block (*epoch*, `deadline >> 36`)
+//! only. A deadline in a later epoch goes to the *overflow* (`overflow.rs`):
+//! a sorted map from epoch to a list. (That is mostly far deadlines, but also
+//! near ones just across an epoch boundary.) When the wheel's time reaches the
+//! start of the first epoch there, that epoch's list is cascaded into the
+//! levels, which by then are empty. Hence any `u64` deadline is fine,
+//! `u64::MAX` included.
 //!
 //! A deadline before the wheel's time goes to a *due* list, expired (sorted)
 //! at the start of the next `advance`. A deadline equal to the wheel's time is
@@ -113,7 +116,8 @@
 //!
 //! The id index (`index.rs`) is a hashbrown table of `u32` arena indices
 //! that hashes and compares through the arena, so each id is stored once and
-//! the index costs 5 bytes per bucket.
+//! the index costs 5 bytes per bucket. The arena grows by a quarter at a
+//! time, not by doubling, since its slack is resident memory.
 //!
 //! When fewer than a quarter of the arena's slots are in use, the arena is
 //! compacted into a fresh allocation twice the size of what is pending and
@@ -136,7 +140,7 @@
 //!   arena slot an index entry points to, so a stale entry never matches;
 //!   when the table fills up, it is rebuilt from the arena, dropping them.
 //!
-//! //! # How exact is `next_deadline`
+//! # How exact is `next_deadline`
 //!
 //! The first non-empty slot of the lowest level holds the earliest timer, but
 //! a coarse slot holds many deadlines. Every list keeps a lower bound on its
