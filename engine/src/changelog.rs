@@ -129,10 +129,14 @@ fn tombstone_finish<M: Message>(m: &M) -> Option<Finish> {
         .to_millis()
         .and_then(|t| u64::try_from(t).ok())?;
     match header(m, HEADER_OUTCOME)? {
-        OUTCOME_FIRED => Some(Finish::Fired {
-            fire_at_ms: header(m, HEADER_FIRE_AT_MS)?.parse().ok()?,
-            fired_at_ms: at,
-        }),
+        OUTCOME_FIRED => {
+            let fire_at_ms = header(m, HEADER_FIRE_AT_MS)?.parse().ok()?;
+            // A fire emitted ahead (the lead) takes effect at its due time.
+            Some(Finish::Fired {
+                fire_at_ms,
+                fired_at_ms: at.max(fire_at_ms),
+            })
+        }
         OUTCOME_CANCELLED => Some(Finish::Cancelled {
             cancelled_at_ms: at,
         }),

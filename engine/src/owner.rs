@@ -335,11 +335,12 @@ impl Owner {
                 if fire.deadline > now {
                     state.early.insert(fire.id.clone(), fire.deadline);
                 }
+                // A fire emitted ahead takes effect at its due time.
                 state.finished.record(
                     &fire.id,
                     Finish::Fired {
                         fire_at_ms: fire.deadline,
-                        fired_at_ms: now,
+                        fired_at_ms: now.max(fire.deadline),
                     },
                 );
                 emit_fire(&self.config, &self.producer, p, fire, now)?;

@@ -25,7 +25,9 @@ pub enum TimerStatus {
     Unknown,
     /// Waiting for its time; `spec` is the schedule command's JSON.
     Pending { fire_at_ms: u64, spec: Bytes },
-    /// Fired (emitted into the fires topic) at `fired_at_ms`.
+    /// Fired: released to the dispatcher, effective at `fired_at_ms` (its due
+    /// time, or later if it fired late; a fire emitted ahead within the lead
+    /// already reports Fired).
     Fired { fire_at_ms: u64, fired_at_ms: u64 },
     /// Cancelled at `cancelled_at_ms`.
     Cancelled { cancelled_at_ms: u64 },

@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use super::report::Arrival;
 
 /// Points drawn at most; larger runs are sampled evenly.
-const MAX_POINTS: usize = 20_000;
+const MAX_POINTS: usize = 10_000;
 /// Width of one bar of the delivered-rate line.
 const RATE_BUCKET_MS: u64 = 100;
 
