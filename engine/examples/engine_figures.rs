@@ -5,8 +5,8 @@
 //! ```text
 //! cargo build --release            # the tool runs target/release/chime
 //! cargo run --release -p chime-engine --example engine_figures -- rebuild  [--timers 1000000] [--repeats 3]
-//! cargo run --release -p chime-engine --example engine_figures -- failover [--rate 2000] [--seconds 40] [--session-timeout-ms 6000]
-//! cargo run --release -p chime-engine --example engine_figures -- lateness [--rate 20000] [--seconds 20] [--tick-ms 2,10,50]
+//! cargo run --release -p chime-engine --example engine_figures -- failover [--rate 2000] [--seconds 40] [--session-timeout-ms 6000] [--lead-ms 200]
+//! cargo run --release -p chime-engine --example engine_figures -- lateness [--rate 20000] [--seconds 20] [--tick-ms 2,10,50] [--lead-ms 0,200]
 //! ```
 //!
 //! Common options: `--partitions 12`, `--keep` (leave the topics; by default
@@ -29,7 +29,10 @@
 //!   over a window, scheduled (and applied) before the window opens. Engine
 //!   lateness (`chime-fired-at-ms` − due time, as `chime check` reports it),
 //!   visible lateness (when a read_committed reader received the fire − due
-//!   time), and the engine's CPU during the window.
+//!   time), and the engine's CPU during the window. `--lead-ms` is the
+//!   engine's fire lead (0 by default here, to measure the engine itself;
+//!   the engine's own default is `chime_engine::DEFAULT_LEAD`); the table
+//!   also shows what a dispatcher holding early fires would call late.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -50,14 +53,15 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::Value;
 
-use chime_engine::checker::{check, CheckConfig, Lateness};
-use chime_wire::record::{HEADER_FIRED_AT_MS, HEADER_LATENESS_MS};
+use chime_engine::checker::{check, CheckConfig};
+use chime_wire::record::HEADER_FIRED_AT_MS;
 use chime_wire::time::now_ms;
 use chime_wire::{Callback, TimerCommand, TimerSpec, Topics};
 
 const USAGE: &str = "usage: engine_figures <rebuild|failover|lateness> [--partitions N] [--keep] \
 [rebuild: --timers N --repeats N] [failover: --rate N --seconds N --session-timeout-ms N \
---transaction-timeout-ms N] [lateness: --rate N --seconds N --tick-ms a,b,c --lead-in-ms N]";
+--transaction-timeout-ms N --lead-ms N] [lateness: --rate N --seconds N --tick-ms a,b,c \
+--lead-ms a,b --schedule-ahead-ms N]";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -625,22 +629,20 @@ impl FireWatcher {
                     continue;
                 };
                 let received_ms = now_ms();
-                let header = |name: &str| -> Option<u64> {
-                    m.headers()?
-                        .iter()
-                        .find(|h| h.key == name)?
-                        .value
-                        .and_then(|v| std::str::from_utf8(v).ok())?
-                        .parse()
-                        .ok()
-                };
-                // lateness is fired_at − fire_at (never negative without a lead).
-                if let (Some(fired_at_ms), Some(late)) =
-                    (header(HEADER_FIRED_AT_MS), header(HEADER_LATENESS_MS))
-                {
+                let fired_at = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == HEADER_FIRED_AT_MS))
+                    .and_then(|h| h.value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.parse().ok());
+                // The due time from the payload: with a lead the engine emits
+                // ahead, so fired_at − lateness would not give it back. A
+                // revoke (a cancel record) is not a fire.
+                let decoded = TimerCommand::decode(m.key(), m.payload());
+                if let (Some(fired_at_ms), Ok(TimerCommand::Schedule(spec))) = (fired_at, decoded) {
                     f.lock().unwrap_or_else(|e| e.into_inner()).push(Fire {
                         partition: m.partition(),
-                        fire_at_ms: fired_at_ms - late,
+                        fire_at_ms: spec.fire_at_ms,
                         fired_at_ms,
                         received_ms,
                     });
@@ -665,9 +667,12 @@ impl Drop for FireWatcher {
     }
 }
 
-fn audit(deployment: &Deployment) -> anyhow::Result<chime_engine::checker::CheckReport> {
+/// `chime check` on the deployment: every due timer fired once, none early
+/// (by more than the engines' `lead_ms`).
+fn audit(deployment: &Deployment, lead_ms: u64) -> anyhow::Result<chime_engine::checker::CheckReport> {
     let mut config = CheckConfig::new(&bootstrap(), &deployment.prefix);
     config.grace = Duration::ZERO;
+    config.lead = Duration::from_millis(lead_ms);
     check(&config)
 }
 
@@ -782,13 +787,19 @@ fn failover(opts: &Opts) -> anyhow::Result<()> {
     let rate: u64 = opts.get("rate", 2_000)?;
     let seconds: u64 = opts.get("seconds", 40)?;
     let session_ms: u64 = opts.get("session-timeout-ms", 6_000)?;
+    let lead_ms: u64 = opts.get("lead-ms", chime_engine::DEFAULT_LEAD.as_millis() as u64)?;
     let txn_ms: Option<u64> = match opts.values.contains_key("transaction-timeout-ms") {
         true => Some(opts.get("transaction-timeout-ms", 0)?),
         false => None,
     };
     let deployment = Deployment::create("failover", opts)?;
     let p = deployment.partitions as usize;
-    let mut extra = vec!["--session-timeout-ms".to_string(), session_ms.to_string()];
+    let mut extra = vec![
+        "--session-timeout-ms".to_string(),
+        session_ms.to_string(),
+        "--lead-ms".to_string(),
+        lead_ms.to_string(),
+    ];
     if let Some(t) = txn_ms {
         extra.extend(["--transaction-timeout-ms".to_string(), t.to_string()]);
     }
@@ -909,29 +920,43 @@ fn failover(opts: &Opts) -> anyhow::Result<()> {
     for e in engines {
         e.terminate()?;
     }
-    let report = audit(&deployment)?;
+    let report = audit(&deployment, lead_ms)?;
 
     let gaps: Vec<u64> = first.values().map(|f| f.fired_at_ms - killed_at).collect();
     let worst_moved = watcher
         .snapshot()
         .iter()
         .filter(|f| moved.contains(&f.partition) && f.fired_at_ms >= killed_at)
-        .map(|f| f.fired_at_ms - f.fire_at_ms)
+        .map(|f| f.received_ms as i64 - f.fire_at_ms as i64)
         .max()
         .unwrap_or(0);
     println!();
-    println!("| session timeout ms | transaction timeout ms | moved partitions | kill → first fire on a moved partition ms (min / max over partitions) | worst lateness on moved partitions ms | checker | load avg |");
-    println!("|---|---|---|---|---|---|---|");
+    // Partitions that did not move can pause too: a rebalance fails the
+    // survivors' open transaction, and they rebuild what they own.
+    let worst_stayed = watcher
+        .snapshot()
+        .iter()
+        .filter(|f| !moved.contains(&f.partition) && f.fire_at_ms >= killed_at)
+        .map(|f| f.received_ms as i64 - f.fire_at_ms as i64)
+        .max()
+        .unwrap_or(0);
+    let seen: Vec<u64> = first
+        .values()
+        .map(|f| f.received_ms - killed_at)
+        .collect();
+    println!("| session timeout ms | transaction timeout ms | lead ms | moved partitions | kill → first fire emitted on a moved partition, ms (first / last partition) | kill → that fire received by a read_committed reader, ms (first / last) | worst received − due after the kill, ms: moved / other partitions | checker | load avg |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {session_ms} | {} | {} | {} / {} | {worst_moved} | {} ({} fires of {} expected, lateness p99 {} ms) | {} |",
+        "| {session_ms} | {} | {lead_ms} | {} | {} / {} | {} / {} | {worst_moved} / {worst_stayed} | {} ({} fires of {} expected) | {} |",
         txn_ms.map_or("10000 (default)".to_string(), |t| t.to_string()),
         moved.len(),
         gaps.iter().min().unwrap_or(&0),
         gaps.iter().max().unwrap_or(&0),
+        seen.iter().min().unwrap_or(&0),
+        seen.iter().max().unwrap_or(&0),
         if report.is_clean() { "clean" } else { "PROBLEMS" },
         report.fires,
         report.expected,
-        report.lateness_ms.p99,
         loadavg()
     );
     if !report.is_clean() {
@@ -946,18 +971,29 @@ fn lateness(opts: &Opts) -> anyhow::Result<()> {
     let rate: u64 = opts.get("rate", 20_000)?;
     let seconds: u64 = opts.get("seconds", 20)?;
     let ticks = opts.list("tick-ms", &[2, 10, 50])?;
-    let lead_in_ms: u64 = opts.get("lead-in-ms", 20_000)?;
+    let leads = opts.list("lead-ms", &[0])?;
+    let ahead_ms: u64 = opts.get("schedule-ahead-ms", 20_000)?;
     let mut rows = Vec::new();
-    for tick in ticks {
-        rows.push(lateness_run(opts, rate, seconds, tick, lead_in_ms)?);
+    for &lead in &leads {
+        for &tick in &ticks {
+            rows.push(lateness_run(opts, rate, seconds, tick, lead, ahead_ms)?);
+        }
     }
     println!();
-    println!("| tick ms | timers | engine lateness p50 / p90 / p99 / max ms | visible lateness p50 / p99 / max ms | with a 50 / 100 ms lead: visible p99 ms | engine CPU in window | checker | load avg |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| tick ms | lead ms | timers | engine lateness p50 / p90 / p99 / max ms | received − fired-at p50 / p99 ms | received − due p50 / p99 / max ms | late at the dispatcher (received after due, or held to due): p99 ms, with a lead of 0 / 50 / 100 / 200 ms | engine CPU in window | checker | load avg |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!("{r}");
     }
     Ok(())
+}
+
+/// Nearest-rank percentile of sorted `v`.
+fn pct(v: &[i64], q: f64) -> i64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
 fn lateness_run(
@@ -965,11 +1001,14 @@ fn lateness_run(
     rate: u64,
     seconds: u64,
     tick: u64,
-    lead_in_ms: u64,
+    lead: u64,
+    ahead_ms: u64,
 ) -> anyhow::Result<String> {
-    println!("-- tick {tick} ms");
+    println!("-- tick {tick} ms, lead {lead} ms");
     let deployment = Deployment::create("lateness", opts)?;
-    let mut engine = Engine::spawn(&deployment, "solo", &["--tick-ms".into(), tick.to_string()])?;
+    let args = ["--tick-ms", &tick.to_string(), "--lead-ms", &lead.to_string()];
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let mut engine = Engine::spawn(&deployment, "solo", &args)?;
     wait_live(
         &mut engine,
         deployment.partitions as usize,
@@ -977,66 +1016,92 @@ fn lateness_run(
     )?;
     let watcher = FireWatcher::start(&deployment)?;
     let n = (rate * seconds) as usize;
-    let window_start = now_ms() + lead_in_ms;
+    let window_start = now_ms() + ahead_ms;
     let produce_rate = produce(&deployment.topics, n, |i| {
         window_start + i as u64 * 1000 / rate
     })?;
-    wait_applied(&deployment, Duration::from_secs(lead_in_ms / 1000 + 120))?;
+    wait_applied(&deployment, Duration::from_secs(ahead_ms / 1000 + 120))?;
     let applied_by = now_ms();
     println!(
         "produced {n} at {produce_rate:.0}/s; all applied {} ms before the window",
         window_start as i64 - applied_by as i64
     );
-    if applied_by > window_start {
-        println!("warning: input still being applied when the window opened (raise --lead-in-ms)");
+    if applied_by + lead > window_start {
+        println!("warning: input still being applied when the window opened (raise --schedule-ahead-ms)");
     }
+    // The window as the engine sees it: it fires `lead` ahead.
+    let engine_start = window_start - lead;
     wait_for(
         "the window to open",
-        Duration::from_millis(lead_in_ms + 60_000),
-        || Ok(now_ms() >= window_start),
+        Duration::from_millis(ahead_ms + 60_000),
+        || Ok(now_ms() >= engine_start),
     )?;
     let cpu_start = engine.cpu_seconds();
     let load_start = loadavg();
-    let window_end = window_start + seconds * 1000;
     wait_for(
         "the window to close",
         Duration::from_secs(seconds + 60),
-        || Ok(now_ms() >= window_end),
+        || Ok(now_ms() >= engine_start + seconds * 1000),
     )?;
     let cpu = (engine.cpu_seconds() - cpu_start) / seconds as f64;
     wait_for("every fire received", Duration::from_secs(120), || {
         Ok(watcher.count() >= n)
     })?;
     engine.terminate()?;
-    let report = audit(&deployment)?;
-    let fires = watcher.snapshot();
-    let mut visible: Vec<u64> = fires
-        .iter()
-        .map(|f| f.received_ms.saturating_sub(f.fire_at_ms))
-        .collect();
-    let vis = Lateness::of(&mut visible);
-    let with_lead = |lead: u64| {
-        let mut v: Vec<u64> = visible.iter().map(|l| l.saturating_sub(lead)).collect();
-        Lateness::of(&mut v).p99
-    };
-    let l = &report.lateness_ms;
-    let engine_late_max = fires
-        .iter()
-        .map(|f| f.fired_at_ms - f.fire_at_ms)
-        .max()
-        .unwrap_or(0);
+    let report = audit(&deployment, lead)?;
     println!("{report}");
+
+    let fires = watcher.snapshot();
+    let mut engine_late: Vec<i64> = fires
+        .iter()
+        .map(|f| f.fired_at_ms as i64 - f.fire_at_ms as i64)
+        .collect();
+    engine_late.sort_unstable();
+    let mut received: Vec<i64> = fires
+        .iter()
+        .map(|f| f.received_ms as i64 - f.fire_at_ms as i64)
+        .collect();
+    received.sort_unstable();
+    // Emit stamp → visible to a read_committed reader: the transaction's
+    // commit plus the fetch.
+    let mut visibility: Vec<i64> = fires
+        .iter()
+        .map(|f| f.received_ms as i64 - f.fired_at_ms as i64)
+        .collect();
+    visibility.sort_unstable();
+    // A dispatcher holds a fire received early until it is due, so what it
+    // calls late is max(0, received − due). For a run without a lead, the
+    // same fires emitted `extra` earlier would have been received `extra`
+    // earlier (the emit cycle does not depend on the due time).
+    let held_p99 = |extra: u64| -> String {
+        if lead != 0 && extra != lead {
+            return "–".into();
+        }
+        let shift = if lead == 0 { extra as i64 } else { 0 };
+        let mut v: Vec<i64> = received.iter().map(|r| (r - shift).max(0)).collect();
+        v.sort_unstable();
+        let p = pct(&v, 0.99).to_string();
+        if lead == 0 && extra != 0 {
+            format!("{p} (projected)")
+        } else {
+            p
+        }
+    };
     Ok(format!(
-        "| {tick} | {n} | {} / {} / {} / {} | {} / {} / {} | {} / {} | {:.0}% of a core | {} | {load_start} |",
-        l.p50,
-        l.p90,
-        l.p99,
-        l.max.max(engine_late_max),
-        vis.p50,
-        vis.p99,
-        vis.max,
-        with_lead(50),
-        with_lead(100),
+        "| {tick} | {lead} | {n} | {} / {} / {} / {} | {} / {} | {} / {} / {} | {} / {} / {} / {} | {:.0}% of a core | {} | {load_start} |",
+        pct(&engine_late, 0.5),
+        pct(&engine_late, 0.9),
+        pct(&engine_late, 0.99),
+        engine_late.last().unwrap_or(&0),
+        pct(&visibility, 0.5),
+        pct(&visibility, 0.99),
+        pct(&received, 0.5),
+        pct(&received, 0.99),
+        received.last().unwrap_or(&0),
+        held_p99(0),
+        held_p99(50),
+        held_p99(100),
+        held_p99(200),
         cpu * 100.0,
         if report.is_clean() { "clean" } else { "PROBLEMS" },
     ))
