@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -82,7 +82,7 @@ impl Committer {
                 if let Some(k) = &out.key {
                     record = record.key(&k[..]);
                 }
-                send(&self.producer, record)?;
+                chime_wire::kafka::send_waiting(&self.producer, record)?;
             }
         }
         let mut offsets = TopicPartitionList::new();
@@ -91,11 +91,7 @@ impl Committer {
         }
         self.producer
             .send_offsets_to_transaction(&offsets, &batch.group, KAFKA_TIMEOUT)?;
-        // librdkafka's flush inside commit polls in 100 ms slices that do not
-        // end early: drain deliveries first so the commit takes ~1 ms.
-        while self.producer.in_flight_count() > 0 {
-            self.producer.poll(Duration::from_millis(1));
-        }
+        chime_wire::kafka::drain(&self.producer, KAFKA_TIMEOUT)?;
         self.producer.commit_transaction(KAFKA_TIMEOUT)?;
         Ok(())
     }
@@ -119,18 +115,4 @@ fn transactional_producer(config: &DispatcherConfig) -> anyhow::Result<BaseProdu
             .create()?;
     producer.init_transactions(KAFKA_TIMEOUT)?;
     Ok(producer)
-}
-
-/// Enqueues a record, waiting for room when librdkafka's queue is full.
-fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                producer.poll(Duration::from_millis(1));
-            }
-            Err((e, _)) => return Err(e.into()),
-        }
-    }
 }

@@ -126,23 +126,16 @@ struct Dispatcher {
 /// in-flight calls finish for up to [`DispatcherConfig::shutdown_grace`],
 /// commits, and leaves the group.
 pub async fn serve(config: DispatcherConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let consumer: StreamConsumer<RevocationContext> =
-        chime_wire::kafka::consumer_config(&config.bootstrap, "chime-dispatcher", &config.group_id)
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set(
-                "session.timeout.ms",
-                config.session_timeout.as_millis().to_string(),
-            )
-            .set(
-                "heartbeat.interval.ms",
-                (config.session_timeout.as_millis() / 5)
-                    .max(100)
-                    .to_string(),
-            )
-            // Offsets are committed only in the dispatcher's transactions.
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .create_with_context(RevocationContext::default())?;
+    let consumer: StreamConsumer<RevocationContext> = chime_wire::kafka::group_member_config(
+        &config.bootstrap,
+        "chime-dispatcher",
+        &config.group_id,
+        config.session_timeout,
+    )
+    // Offsets are committed only in the dispatcher's transactions.
+    .set("enable.auto.commit", "false")
+    .set("enable.auto.offset.store", "false")
+    .create_with_context(RevocationContext::default())?;
     consumer.subscribe(&[&config.topics.fires])?;
     let delivery = Arc::new(Delivery::new(&config)?);
     let committer = {

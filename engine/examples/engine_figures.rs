@@ -669,7 +669,10 @@ impl Drop for FireWatcher {
 
 /// `chime check` on the deployment: every due timer fired once, none early
 /// (by more than the engines' `lead_ms`).
-fn audit(deployment: &Deployment, lead_ms: u64) -> anyhow::Result<chime_engine::checker::CheckReport> {
+fn audit(
+    deployment: &Deployment,
+    lead_ms: u64,
+) -> anyhow::Result<chime_engine::checker::CheckReport> {
     let mut config = CheckConfig::new(&bootstrap(), &deployment.prefix);
     config.grace = Duration::ZERO;
     config.lead = Duration::from_millis(lead_ms);
@@ -940,10 +943,7 @@ fn failover(opts: &Opts) -> anyhow::Result<()> {
         .map(|f| f.received_ms as i64 - f.fire_at_ms as i64)
         .max()
         .unwrap_or(0);
-    let seen: Vec<u64> = first
-        .values()
-        .map(|f| f.received_ms - killed_at)
-        .collect();
+    let seen: Vec<u64> = first.values().map(|f| f.received_ms - killed_at).collect();
     println!("| session timeout ms | transaction timeout ms | lead ms | moved partitions | kill → first fire emitted on a moved partition, ms (first / last partition) | kill → that fire received by a read_committed reader, ms (first / last) | worst received − due after the kill, ms: moved / other partitions | checker | load avg |");
     println!("|---|---|---|---|---|---|---|---|---|");
     println!(
@@ -1006,7 +1006,12 @@ fn lateness_run(
 ) -> anyhow::Result<String> {
     println!("-- tick {tick} ms, lead {lead} ms");
     let deployment = Deployment::create("lateness", opts)?;
-    let args = ["--tick-ms", &tick.to_string(), "--lead-ms", &lead.to_string()];
+    let args = [
+        "--tick-ms",
+        &tick.to_string(),
+        "--lead-ms",
+        &lead.to_string(),
+    ];
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let mut engine = Engine::spawn(&deployment, "solo", &args)?;
     wait_live(
@@ -1027,7 +1032,9 @@ fn lateness_run(
         window_start as i64 - applied_by as i64
     );
     if applied_by + lead > window_start {
-        println!("warning: input still being applied when the window opened (raise --schedule-ahead-ms)");
+        println!(
+            "warning: input still being applied when the window opened (raise --schedule-ahead-ms)"
+        );
     }
     // The window as the engine sees it: it fires `lead` ahead.
     let engine_start = window_start - lead;

@@ -23,12 +23,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use chime_wire::kafka::send_waiting;
 use chime_wire::record::{
     lossy, DeadLetter, HEADER_FIRED_AT_MS, HEADER_FIRE_AT_MS, HEADER_LATENESS_MS, HEADER_OUTCOME,
     HEADER_REVOKES_FIRE_AT_MS, OUTCOME_CANCELLED, OUTCOME_FIRED,
@@ -81,24 +82,14 @@ pub struct Owner {
 
 impl Owner {
     pub fn new(config: EngineConfig, status: EngineStatus) -> anyhow::Result<Self> {
-        let consumer: BaseConsumer<GroupContext> = chime_wire::kafka::consumer_config(
+        let consumer: BaseConsumer<GroupContext> = chime_wire::kafka::group_member_config(
             &config.bootstrap,
             &config.client_id(),
             &config.group_id,
+            config.session_timeout,
         )
-        .set("partition.assignment.strategy", "cooperative-sticky")
         // End of partition marks a partition caught up (see `collect`).
         .set("enable.partition.eof", "true")
-        .set(
-            "session.timeout.ms",
-            config.session_timeout.as_millis().to_string(),
-        )
-        .set(
-            "heartbeat.interval.ms",
-            (config.session_timeout.as_millis() / 5)
-                .max(100)
-                .to_string(),
-        )
         .create_with_context(GroupContext::new(&config.topics.timers))?;
         consumer.subscribe(&[&config.topics.timers])?;
         let producer = transactional_producer(&config)?;
@@ -366,14 +357,7 @@ impl Owner {
         // librdkafka's flush inside commit (and abort) polls in 100 ms slices
         // that do not end early: drain deliveries first so the commit takes
         // ~1 ms, and so a failed transaction has nothing in flight to abort.
-        let drain_deadline = Instant::now() + TXN_TIMEOUT;
-        while self.producer.in_flight_count() > 0 {
-            anyhow::ensure!(
-                Instant::now() < drain_deadline,
-                "records not delivered within {TXN_TIMEOUT:?}"
-            );
-            self.producer.poll(Duration::from_millis(1));
-        }
+        chime_wire::kafka::drain(&self.producer, TXN_TIMEOUT)?;
         let group = self
             .consumer
             .group_metadata()
@@ -515,7 +499,7 @@ fn apply_input(
                     key: HEADER_FIRE_AT_MS,
                     value: Some(&at),
                 }));
-            send(producer, record)
+            send_waiting(producer, record)
         }
         Ok(TimerCommand::Cancel { id }) => {
             let key = Bytes::copy_from_slice(id.as_bytes());
@@ -539,7 +523,7 @@ fn apply_input(
                     key: HEADER_OUTCOME,
                     value: Some(OUTCOME_CANCELLED),
                 }));
-            send(producer, record)
+            send_waiting(producer, record)
         }
         Err(e) => {
             tracing::warn!(partition = rec.partition, offset = rec.offset, error = %e, "dead-lettering input record");
@@ -559,7 +543,7 @@ fn apply_input(
             if let Some(k) = &rec.key {
                 record = record.key(&k[..]);
             }
-            send(producer, record)
+            send_waiting(producer, record)
         }
     }
 }
@@ -586,7 +570,7 @@ fn emit_fire(
             key: HEADER_LATENESS_MS,
             value: Some(&lateness),
         });
-    send(
+    send_waiting(
         producer,
         BaseRecord::to(&config.topics.fires)
             .key(&fire.id[..])
@@ -608,7 +592,7 @@ fn emit_fire(
                     value: Some(&fire_at),
                 }),
         );
-    send(producer, tombstone)
+    send_waiting(producer, tombstone)
 }
 
 /// Revokes a fire emitted ahead of its due time: a cancel record on the fires
@@ -625,7 +609,7 @@ fn send_revoke(
     }
     .encode();
     let at = fire_at.to_string();
-    send(
+    send_waiting(
         producer,
         BaseRecord::to(&config.topics.fires)
             .key(&id[..])
@@ -635,22 +619,4 @@ fn send_revoke(
                 value: Some(&at),
             })),
     )
-}
-
-/// Enqueues a record, waiting for room when librdkafka's queue is full.
-fn send<K, P>(producer: &BaseProducer, mut record: BaseRecord<'_, K, P>) -> anyhow::Result<()>
-where
-    K: rdkafka::message::ToBytes + ?Sized,
-    P: rdkafka::message::ToBytes + ?Sized,
-{
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                producer.poll(Duration::from_millis(1));
-            }
-            Err((e, _)) => return Err(e.into()),
-        }
-    }
 }

@@ -5,7 +5,9 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use crate::Topics;
 
@@ -47,6 +49,66 @@ pub fn consumer_config(bootstrap: &str, client_id: &str, group_id: &str) -> Clie
         // for the default 500 ms waiting for more data.
         .set("fetch.wait.max.ms", "10");
     c
+}
+
+/// Settings for a member of a chime consumer group: read_committed,
+/// cooperative-sticky rebalancing, and the given session timeout (how soon a
+/// dead member's partitions move) with heartbeats at a fifth of it.
+pub fn group_member_config(
+    bootstrap: &str,
+    client_id: &str,
+    group_id: &str,
+    session_timeout: Duration,
+) -> ClientConfig {
+    let mut c = consumer_config(bootstrap, client_id, group_id);
+    c.set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "session.timeout.ms",
+            session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (session_timeout.as_millis() / 5).max(100).to_string(),
+        );
+    c
+}
+
+/// Enqueues a record, waiting for room when librdkafka's queue is full.
+pub fn send_waiting<K, P>(
+    producer: &BaseProducer,
+    mut record: BaseRecord<'_, K, P>,
+) -> anyhow::Result<()>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Waits until every record `producer` holds is delivered, for at most
+/// `timeout`. Call before `commit_transaction`: librdkafka's flush inside the
+/// commit polls in 100 ms slices that do not end early, so a commit with
+/// deliveries outstanding costs ≥ 100 ms; drained, it takes ~1 ms (and a
+/// failed transaction has nothing in flight to abort).
+pub fn drain(producer: &BaseProducer, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    while producer.in_flight_count() > 0 {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "records not delivered within {timeout:?}"
+        );
+        producer.poll(Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 /// Creates chime's four topics if they do not exist. The changelog must have
