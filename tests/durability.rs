@@ -194,7 +194,9 @@ async fn cancel_and_reschedule_hold_across_a_restart() {
     let moved = &fires["moved"];
     assert_eq!(moved.len(), 1, "re-scheduled timer fires once: {moved:?}");
     assert_eq!(moved[0].fire_at_ms, moved_to, "at its new time");
-    assert!(moved[0].fired_at_ms >= moved_to, "not early");
+    // The engine emits up to its lead ahead; the dispatcher holds it till due.
+    let lead = chime_engine::DEFAULT_LEAD.as_millis() as u64;
+    assert!(moved[0].fired_at_ms + lead >= moved_to, "not early");
     let report = audit(&prefix).await;
     assert!(report.is_clean(), "{report}");
 }
