@@ -19,6 +19,10 @@ const MAX_ENTRIES: usize = NIL as usize;
 /// Smallest capacity the arena grows to, and never shrinks below.
 pub(crate) const MIN_CAPACITY: usize = 64;
 
+/// Below this many entries (2 MiB with 32-byte entries) the arena doubles
+/// when it grows; above, it grows by a quarter.
+const SMALL_ARENA: usize = 1 << 16;
+
 pub(crate) struct Entry<K, V> {
     pub(crate) deadline: u64,
     /// Previous entry in the same list stripe, or `NIL` at the head.
@@ -92,12 +96,12 @@ impl<K, V> Arena<K, V> {
         );
         self.len += 1;
         if idx == self.entries.capacity() {
-            // Grow by a quarter rather than double: a pending-timer arena is
-            // large and long-lived, so the slack after growth is resident
-            // memory. Large `Vec`s grow by `mremap`, so growing more often
-            // costs little.
-            let additional = (idx / 4).max(MIN_CAPACITY);
-            self.entries.reserve_exact(additional);
+            // A large arena grows by a quarter rather than doubling: it is
+            // long-lived, so the slack after growth is resident memory, and
+            // large `Vec`s grow by `mremap`, so growing often costs little.
+            // A small one doubles: there each growth is a copy.
+            let additional = if idx < SMALL_ARENA { idx } else { idx / 4 };
+            self.entries.reserve_exact(additional.max(MIN_CAPACITY));
         }
         self.entries.push(entry);
         idx as u32

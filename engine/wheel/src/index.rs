@@ -24,6 +24,10 @@ use hashbrown::DefaultHashBuilder;
 
 use crate::arena::{Arena, MIN_CAPACITY};
 
+/// Below this many pending timers (a table of at most 1 MiB) a rebuild
+/// leaves room for four times as many; above, for half as many again.
+const SMALL_TABLE: usize = 1 << 16;
+
 pub(crate) struct Index {
     table: HashTable<u32>,
     hasher: DefaultHashBuilder,
@@ -72,13 +76,20 @@ impl Index {
     /// Replaces the table by one holding the pending timers only, filled by
     /// walking the arena in order. (hashbrown's own resize would fetch each
     /// id from the arena in hash order, a cache miss per timer; in arena
-    /// order the reads are sequential.) Room is at least half the pending
-    /// count again, rounded up by hashbrown to a power-of-two bucket count:
-    /// doubling when the table filled with pending timers, staying the same
-    /// size when it filled with stale ones.
+    /// order the reads are sequential.) Room is rounded up by hashbrown to a
+    /// power-of-two bucket count: a table that filled with pending timers
+    /// doubles (or more), one that filled with stale ones keeps its size.
     fn rebuild<K: Hash, V>(&mut self, arena: &Arena<K, V>) {
         let pending = arena.len();
-        let mut table = HashTable::with_capacity((pending + pending / 2).max(MIN_CAPACITY));
+        // Small tables get room for four times what is pending, so they are
+        // rebuilt (a pass over every timer) less often while they are cheap
+        // to over-allocate.
+        let room = if pending < SMALL_TABLE {
+            pending * 4
+        } else {
+            pending + pending / 2
+        };
+        let mut table = HashTable::with_capacity(room.max(MIN_CAPACITY));
         for (idx, key, _, _) in arena.iter() {
             // The capacity covers every pending timer, so this never rehashes.
             table.insert_unique(self.hasher.hash_one(key), idx, |_| 0);
