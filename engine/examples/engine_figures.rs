@@ -48,7 +48,7 @@ use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::Value;
@@ -629,12 +629,7 @@ impl FireWatcher {
                     continue;
                 };
                 let received_ms = now_ms();
-                let fired_at = m
-                    .headers()
-                    .and_then(|h| h.iter().find(|h| h.key == HEADER_FIRED_AT_MS))
-                    .and_then(|h| h.value)
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .and_then(|v| v.parse().ok());
+                let fired_at = chime_wire::kafka::header_u64(&m, HEADER_FIRED_AT_MS);
                 // The due time from the payload: with a lead the engine emits
                 // ahead, so fired_at − lateness would not give it back. A
                 // revoke (a cancel record) is not a fire.

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
+use chime_wire::kafka::header;
 use chime_wire::record::{HEADER_FIRE_AT_MS, HEADER_OUTCOME, OUTCOME_CANCELLED, OUTCOME_FIRED};
 use chime_wire::TimerCommand;
 
@@ -112,14 +113,6 @@ pub fn load(
         "changelog rebuilt"
     );
     Ok(wheels)
-}
-
-fn header<'a, M: Message>(m: &'a M, name: &str) -> Option<&'a str> {
-    m.headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok())
 }
 
 /// How a tombstone's timer finished, from its headers and timestamp.

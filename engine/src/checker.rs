@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
+use chime_wire::kafka::header_u64;
 use chime_wire::record::{HEADER_FIRED_AT_MS, HEADER_REVOKES_FIRE_AT_MS};
 use chime_wire::time::now_ms;
 use chime_wire::{TimerCommand, Topics};
@@ -286,15 +287,6 @@ fn timestamp(m: &BorrowedMessage<'_>) -> u64 {
         .to_millis()
         .and_then(|t| u64::try_from(t).ok())
         .unwrap_or(0)
-}
-
-fn header_u64(m: &BorrowedMessage<'_>, name: &str) -> Option<u64> {
-    m.headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|s| s.parse().ok())
 }
 
 /// Calls `each` for every committed record of `topic`, from the beginning to

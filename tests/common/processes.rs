@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use chime_wire::record::HEADER_FIRED_AT_MS;
@@ -157,13 +157,8 @@ impl FireWatcher {
                 else {
                     continue;
                 };
-                let fired_at_ms = m
-                    .headers()
-                    .and_then(|h| h.iter().find(|h| h.key == HEADER_FIRED_AT_MS))
-                    .and_then(|h| h.value)
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
+                let fired_at_ms =
+                    chime_wire::kafka::header_u64(&m, HEADER_FIRED_AT_MS).unwrap_or(0);
                 s.lock().unwrap().push(SeenFire {
                     id: spec.id,
                     partition: m.partition(),

@@ -6,7 +6,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::ToBytes;
+use rdkafka::message::{Headers, Message, ToBytes};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use crate::Topics;
@@ -109,6 +109,20 @@ pub fn drain(producer: &BaseProducer, timeout: Duration) -> anyhow::Result<()> {
         producer.poll(Duration::from_millis(1));
     }
     Ok(())
+}
+
+/// The value of header `name` of a record, as UTF-8.
+pub fn header<'a, M: Message>(m: &'a M, name: &str) -> Option<&'a str> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// The value of header `name` of a record, as a number (the `*-ms` headers).
+pub fn header_u64<M: Message>(m: &M, name: &str) -> Option<u64> {
+    header(m, name)?.parse().ok()
 }
 
 /// Creates chime's four topics if they do not exist. The changelog must have
