@@ -4,10 +4,11 @@
 //! fenced against stale owners. See [`owner`] for the loop, [`changelog`] for
 //! how a partition's state survives its owner.
 
-pub mod changelog;
 pub mod checker;
+pub mod output;
 pub mod owner;
 pub mod partition;
+pub mod rebuild;
 pub mod status;
 pub mod status_server;
 
@@ -42,8 +43,13 @@ pub struct EngineConfig {
     pub lead: Duration,
     /// Consumer-group session timeout: how soon a dead engine's partitions move.
     pub session_timeout: Duration,
-    /// How long an abandoned transaction blocks readers before the broker aborts it.
+    /// How long an abandoned transaction blocks readers before the broker
+    /// aborts it; also the deadline of each transactional call.
     pub transaction_timeout: Duration,
+    /// How long a partition's records may wait for delivery with no other
+    /// delivery completing before the partition is taken out of the next
+    /// transactions for a while (its leader is likely away).
+    pub stall_timeout: Duration,
     /// Longest a changelog rebuild may take before the engine gives up.
     pub rebuild_timeout: Duration,
     /// How long fired and cancelled timers are remembered for status questions.
@@ -66,6 +72,7 @@ impl EngineConfig {
             lead: DEFAULT_LEAD,
             session_timeout: Duration::from_secs(10),
             transaction_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(1),
             rebuild_timeout: Duration::from_secs(300),
             finished_retention: Duration::from_secs(3600),
             finished_max_per_partition: 500_000,

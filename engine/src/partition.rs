@@ -1,62 +1,290 @@
-//! What the engine keeps for one owned partition of `chime.timers`.
-
-use std::collections::{HashMap, VecDeque};
+//! What the engine keeps for one owned partition of `chime.timers`, and how
+//! input and time change it. Pure: no Kafka here. Every change is recorded
+//! as [`Output`]s, the records that make Kafka agree with the new state; the
+//! owner loop ([`crate::owner`]) commits them, and keeps them until a
+//! transaction carrying them commits.
 
 use bytes::Bytes;
-use chime_wheel::TimingWheel;
+use chime_wheel::{Expired, TimingWheel};
+use chime_wire::{lossy, DeadLetter, TimerCommand};
 
-use crate::status::FinishedTimers;
+use crate::output::Output;
+use crate::status::{Finish, FinishedTimers};
 
 /// Pending timers of one partition: id → (due time, the schedule command's bytes).
 pub type TimerWheel = TimingWheel<Bytes, Bytes>;
 
+/// An input record copied out of the consumer, waiting to be applied.
+#[derive(Debug, Clone)]
+pub struct InputRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+}
+
 pub struct PartitionState {
+    pub partition: i32,
     /// The partition's pending timers.
     pub wheel: TimerWheel,
-    /// The next `chime.timers` offset to apply; every record before it is
-    /// reflected in `wheel` and in the changelog. This is the offset each
-    /// transaction commits for the partition. `None` until known: the group
-    /// has no committed offset and no record has been applied yet.
+    /// The next `chime.timers` offset to apply: every record before it is
+    /// reflected in `wheel`, and in Kafka once `outputs` are committed. `None`
+    /// until known: the group has no committed offset and nothing was applied.
     pub next_offset: Option<i64>,
-    /// Recently fired and cancelled timers, for status questions.
+    /// Recently fired and cancelled timers, for status questions — and for
+    /// revokes: a fire emitted ahead of its due time (within the lead) is a
+    /// `Fired` entry whose due time is still ahead.
     pub finished: FinishedTimers,
-    /// Fires emitted ahead of their due time (within the lead), which a
-    /// cancel or re-schedule can still revoke.
-    pub early: EarlyFires,
     /// The input has been read to its end since the partition was loaded.
     /// Until then nothing fires: a cancel of a due timer may still be unread.
     pub caught_up: bool,
+    /// Records owed to Kafka for changes already made here, oldest first.
+    /// They leave only when a transaction that carries them (with
+    /// `next_offset`) commits; a failed transaction leaves them for the next.
+    pub outputs: Vec<Output>,
 }
 
-/// Fires emitted before their due time (the engine's lead), by id, until they
-/// come due. The dispatcher holds such a fire until its time; a cancel that
-/// arrives meanwhile is answered with a revoke record on the same key.
-#[derive(Debug, Default)]
-pub struct EarlyFires {
-    by_id: HashMap<Bytes, u64>,
-    order: VecDeque<(u64, Bytes)>, // (due time, id), in emission order
-}
-
-impl EarlyFires {
-    /// `id` was emitted ahead of its due time `fire_at`.
-    pub fn insert(&mut self, id: Bytes, fire_at: u64) {
-        self.by_id.insert(id.clone(), fire_at);
-        self.order.push_back((fire_at, id));
+impl PartitionState {
+    pub fn new(
+        partition: i32,
+        wheel: TimerWheel,
+        finished: FinishedTimers,
+        next_offset: Option<i64>,
+    ) -> Self {
+        PartitionState {
+            partition,
+            wheel,
+            next_offset,
+            finished,
+            caught_up: false,
+            outputs: Vec::new(),
+        }
     }
 
-    /// Forgets fires that are due by `now`: too late to revoke.
-    pub fn expire(&mut self, now: u64) {
-        while self.order.front().is_some_and(|(at, _)| *at <= now) {
-            if let Some((at, id)) = self.order.pop_front() {
-                if self.by_id.get(&id) == Some(&at) {
-                    self.by_id.remove(&id);
+    /// Applies one input record (skipping one applied before): schedule or
+    /// cancel, or a dead letter for a record that breaks the contract.
+    pub fn apply(&mut self, rec: &InputRecord, now: u64, source_topic: &str) {
+        if self.next_offset.is_some_and(|next| rec.offset < next) {
+            return; // delivered again after a seek or a reassignment
+        }
+        self.next_offset = Some(rec.offset + 1);
+        match TimerCommand::decode(rec.key.as_deref(), rec.value.as_deref()) {
+            Ok(TimerCommand::Schedule(spec)) => {
+                let (Some(id), Some(command)) = (&rec.key, &rec.value) else {
+                    unreachable!("decode checked key and value");
+                };
+                // Re-scheduled while its old fire waits at a dispatcher.
+                self.revoke_early_fire(id, now);
+                self.finished.forget(id);
+                self.wheel
+                    .schedule(id.clone(), spec.fire_at_ms, command.clone());
+                self.outputs.push(Output::Pending {
+                    id: id.clone(),
+                    fire_at_ms: spec.fire_at_ms,
+                    command: command.clone(),
+                });
+            }
+            Ok(TimerCommand::Cancel { id }) => {
+                let id = Bytes::from(id.into_bytes());
+                if self.wheel.cancel(&id).is_none() && !self.revoke_early_fire(&id, now) {
+                    return; // fired already, or never seen
                 }
+                self.finished.record(
+                    &id,
+                    Finish::Cancelled {
+                        cancelled_at_ms: now,
+                    },
+                );
+                self.outputs.push(Output::Cancelled { id });
+            }
+            Err(e) => {
+                tracing::warn!(partition = self.partition, offset = rec.offset, error = %e, "dead-lettering input record");
+                let letter = DeadLetter {
+                    reason: format!("undecodable timer command: {e}"),
+                    source_topic: source_topic.to_string(),
+                    partition: rec.partition,
+                    offset: rec.offset,
+                    key: lossy(rec.key.as_deref()),
+                    value: lossy(rec.value.as_deref()),
+                    attempts: None,
+                    last_status: None,
+                    dead_at_ms: now,
+                };
+                self.outputs.push(Output::DeadLetter {
+                    key: rec.key.clone(),
+                    letter: Bytes::from(letter.encode()),
+                });
             }
         }
     }
 
-    /// Takes `id` out if its fire is still ahead of its time; returns the due time.
-    pub fn take(&mut self, id: &Bytes) -> Option<u64> {
-        self.by_id.remove(id)
+    /// If `id`'s fire was emitted ahead and is not yet due, takes it back
+    /// (a revoke record the dispatcher holding it obeys). True if it did.
+    fn revoke_early_fire(&mut self, id: &Bytes, now: u64) -> bool {
+        match self.finished.get(id) {
+            Some(Finish::Fired { fire_at_ms, .. }) if fire_at_ms > now => {
+                self.outputs.push(Output::Revoke {
+                    id: id.clone(),
+                    fire_at_ms,
+                });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Fires every timer due by `now + lead` (the dispatcher holds a fire
+    /// until its due time). Returns how many fired; `scratch` is reused
+    /// between calls to avoid an allocation per tick.
+    pub fn fire_due(
+        &mut self,
+        now: u64,
+        lead: u64,
+        scratch: &mut Vec<Expired<Bytes, Bytes>>,
+    ) -> usize {
+        if !self.caught_up {
+            return 0; // a cancel for a due timer may still be unread
+        }
+        scratch.clear();
+        self.wheel.advance(now.saturating_add(lead), scratch);
+        let fired = scratch.len();
+        let lateness = metrics::histogram!("chime_engine_fire_lateness_seconds");
+        for fire in scratch.drain(..) {
+            lateness.record(now.saturating_sub(fire.deadline) as f64 / 1000.0);
+            // A fire emitted ahead takes effect at its due time.
+            let fired_at_ms = now.max(fire.deadline);
+            self.finished.record(
+                &fire.id,
+                Finish::Fired {
+                    fire_at_ms: fire.deadline,
+                    fired_at_ms,
+                },
+            );
+            self.outputs.push(Output::Fired {
+                id: fire.id,
+                fire_at_ms: fire.deadline,
+                emitted_at_ms: now,
+                command: fire.payload,
+            });
+        }
+        fired
+    }
+
+    /// When the earliest pending timer is due (unix ms), if this partition
+    /// may fire at all.
+    pub fn next_due(&self) -> Option<u64> {
+        self.caught_up.then(|| self.wheel.next_deadline()).flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> PartitionState {
+        let mut s = PartitionState::new(
+            0,
+            TimerWheel::new(1_000),
+            FinishedTimers::new(3_600_000, 1000),
+            Some(0),
+        );
+        s.caught_up = true;
+        s
+    }
+
+    fn schedule(offset: i64, id: &str, at: u64) -> InputRecord {
+        let value = format!(
+            r#"{{"op":"schedule","id":"{id}","fire_at_ms":{at},"callback":{{"url":"http://127.0.0.1:9/"}}}}"#
+        );
+        InputRecord {
+            partition: 0,
+            offset,
+            key: Some(Bytes::copy_from_slice(id.as_bytes())),
+            value: Some(Bytes::from(value)),
+        }
+    }
+
+    fn cancel(offset: i64, id: &str) -> InputRecord {
+        InputRecord {
+            partition: 0,
+            offset,
+            key: Some(Bytes::copy_from_slice(id.as_bytes())),
+            value: Some(Bytes::from(format!(r#"{{"op":"cancel","id":"{id}"}}"#))),
+        }
+    }
+
+    fn kinds(s: &PartitionState) -> Vec<&'static str> {
+        s.outputs.iter().map(Output::kind).collect()
+    }
+
+    #[test]
+    fn schedule_fire_and_cancel_produce_their_records() {
+        let mut s = state();
+        s.apply(&schedule(0, "a", 1_500), 1_000, "t");
+        s.apply(&schedule(1, "b", 5_000), 1_000, "t");
+        s.apply(&cancel(2, "b"), 1_000, "t");
+        assert_eq!(s.next_offset, Some(3));
+        assert_eq!(s.fire_due(1_400, 200, &mut Vec::new()), 1);
+        assert_eq!(kinds(&s), ["pending", "pending", "cancelled", "fired"]);
+        assert!(s.wheel.is_empty());
+    }
+
+    #[test]
+    fn a_record_applied_before_is_skipped() {
+        let mut s = state();
+        s.apply(&schedule(0, "a", 1_500), 1_000, "t");
+        s.apply(&schedule(0, "a", 1_500), 1_000, "t");
+        assert_eq!(s.outputs.len(), 1);
+    }
+
+    #[test]
+    fn a_cancel_inside_the_lead_revokes_the_early_fire() {
+        let mut s = state();
+        s.apply(&schedule(0, "a", 1_500), 1_000, "t");
+        s.fire_due(1_400, 200, &mut Vec::new()); // emitted 100 ms ahead
+        s.apply(&cancel(1, "a"), 1_450, "t");
+        assert_eq!(kinds(&s), ["pending", "fired", "revoke", "cancelled"]);
+        // Once due, the fire is no longer taken back: the cancel is a no-op.
+        s.apply(&schedule(2, "b", 1_600), 1_450, "t");
+        s.fire_due(1_450, 200, &mut Vec::new());
+        s.apply(&cancel(3, "b"), 1_700, "t");
+        assert_eq!(kinds(&s).last(), Some(&"fired"));
+    }
+
+    #[test]
+    fn an_early_fire_known_only_from_the_changelog_is_revoked_too() {
+        // A new owner after failover: the predecessor's fire, emitted ahead,
+        // is known from its tombstone, rebuilt into `finished`.
+        let mut s = state();
+        s.finished.record(
+            b"a",
+            Finish::Fired {
+                fire_at_ms: 1_500,
+                fired_at_ms: 1_500,
+            },
+        );
+        s.apply(&cancel(0, "a"), 1_400, "t");
+        assert_eq!(kinds(&s), ["revoke", "cancelled"]);
+    }
+
+    #[test]
+    fn nothing_fires_before_the_input_is_caught_up() {
+        let mut s = state();
+        s.apply(&schedule(0, "a", 1_000), 1_000, "t");
+        s.caught_up = false;
+        assert_eq!(s.fire_due(2_000, 0, &mut Vec::new()), 0);
+        assert_eq!(s.next_due(), None);
+        s.caught_up = true;
+        assert_eq!(s.next_due(), Some(1_000));
+    }
+
+    #[test]
+    fn a_bad_record_becomes_a_dead_letter() {
+        let mut s = state();
+        let mut bad = cancel(0, "a");
+        bad.key = Some(Bytes::from_static(b"other"));
+        s.apply(&bad, 1_000, "t");
+        assert_eq!(kinds(&s), ["dead-letter"]);
+        assert_eq!(s.next_offset, Some(1));
     }
 }

@@ -68,8 +68,9 @@ pub struct OutRecord<'a> {
 /// Deadlines of a [`Transactional`] producer.
 #[derive(Debug, Clone, Copy)]
 pub struct TxnTimeouts {
-    /// Longest wait for the transaction's records to be delivered before the
-    /// tags still waiting are reported [`TxnError::Stalled`].
+    /// Longest wait with records outstanding and none delivered (no
+    /// progress at all) before the tags still waiting are reported
+    /// [`TxnError::Stalled`]. Slow progress under load is not a stall.
     pub delivery: Duration,
     /// Deadline of each transactional call (init, offsets, commit, abort).
     pub call: Duration,
@@ -171,7 +172,7 @@ impl Transactional {
             .as_ref()
             .expect("open transaction has a producer")
             .context()
-            .wait_delivered(waited);
+            .wait_delivered(waited, self.timeouts.call);
         if !stalled.is_empty() {
             self.abort();
             return Err(TxnError::Stalled {
@@ -282,13 +283,20 @@ fn tag_opaque(tag: i32) -> usize {
 /// Counts each tag's records not yet delivered, and wakes whoever waits for them.
 #[derive(Default)]
 pub struct Deliveries {
-    outstanding: Mutex<HashMap<i32, u64>>,
+    state: Mutex<DeliveryState>,
     changed: Condvar,
+}
+
+#[derive(Default)]
+struct DeliveryState {
+    outstanding: HashMap<i32, u64>,
+    /// Deliveries reported so far (successful or not): progress.
+    reported: u64,
 }
 
 impl Deliveries {
     fn sent(&self, tag: i32) {
-        *self.lock().entry(tag).or_insert(0) += 1;
+        *self.lock().outstanding.entry(tag).or_insert(0) += 1;
     }
 
     fn unsent(&self, tag: i32) {
@@ -296,34 +304,40 @@ impl Deliveries {
     }
 
     fn delivered(&self, tag: i32) {
-        let mut outstanding = self.lock();
-        if let Some(n) = outstanding.get_mut(&tag) {
+        let mut state = self.lock();
+        state.reported += 1;
+        if let Some(n) = state.outstanding.get_mut(&tag) {
             *n -= 1;
             if *n == 0 {
-                outstanding.remove(&tag);
+                state.outstanding.remove(&tag);
             }
         }
-        if outstanding.is_empty() {
-            self.changed.notify_all();
-        }
+        self.changed.notify_all();
     }
 
-    /// Waits until nothing is outstanding; returns the tags still waiting
-    /// after `timeout` (empty when all were delivered).
-    fn wait_delivered(&self, timeout: Duration) -> Vec<i32> {
-        let deadline = Instant::now() + timeout;
-        let mut outstanding = self.lock();
-        while !outstanding.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let mut tags: Vec<i32> = outstanding.keys().copied().collect();
+    /// Waits until nothing is outstanding. Returns the tags still waiting
+    /// once `idle` passed with no delivery reported at all, or `max` in all
+    /// (empty when everything was delivered).
+    fn wait_delivered(&self, idle: Duration, max: Duration) -> Vec<i32> {
+        let started = Instant::now();
+        let mut state = self.lock();
+        let mut progress = (state.reported, Instant::now());
+        while !state.outstanding.is_empty() {
+            if state.reported != progress.0 {
+                progress = (state.reported, Instant::now());
+            }
+            let now = Instant::now();
+            let idle_end = progress.1 + idle;
+            let end = idle_end.min(started + max);
+            if now >= end {
+                let mut tags: Vec<i32> = state.outstanding.keys().copied().collect();
                 tags.sort_unstable();
-                // Aborting purges them; their reports (purged) may still come.
+                // Aborting purges them; their (failed) reports still come.
                 return tags;
             }
-            outstanding = self
+            state = self
                 .changed
-                .wait_timeout(outstanding, left)
+                .wait_timeout(state, end - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -332,12 +346,12 @@ impl Deliveries {
 
     /// The send queue is full: wait a little for deliveries to make room.
     fn wait_for_room(&self, timeout: Duration) {
-        let outstanding = self.lock();
-        let _ = self.changed.wait_timeout(outstanding, timeout);
+        let state = self.lock();
+        let _ = self.changed.wait_timeout(state, timeout);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, u64>> {
-        self.outstanding.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, DeliveryState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -1,8 +1,17 @@
-//! Rebuilding a partition's state from its changelog (the record format is
-//! [`chime_wire::changelog`]): replaying the compacted partition yields
-//! exactly its pending set, and the recent fired/cancelled answers.
+//! Rebuilding a partition's state when it is assigned: first the group's
+//! committed input offset, then the changelog (record format:
+//! [`chime_wire::changelog`]) read to its end. Replaying the compacted
+//! partition yields exactly its pending set, and the recent fired and
+//! cancelled answers (which include fires emitted ahead of their due time,
+//! so a new owner can still revoke them).
+//!
+//! The committed offset is read first, with read_committed semantics (it
+//! waits while an earlier owner's transaction is pending), so a zombie's late
+//! commit cannot slip between the two reads. A rebuild runs on a thread of
+//! its own, so the owner loop keeps firing its other partitions meanwhile.
 
 use std::collections::HashMap;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,15 +24,96 @@ use chime_kafka::group::QuietEof;
 use chime_kafka::MessageHeaders;
 use chime_wire::{ChangelogRecord, Finished};
 
-use crate::partition::TimerWheel;
+use crate::partition::{PartitionState, TimerWheel};
 use crate::status::{Finish, FinishedTimers};
 use crate::EngineConfig;
+
+/// Deadline for reading the committed offsets.
+const OFFSETS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A finished rebuild: the partitions' states, or why it failed.
+pub struct Rebuilt {
+    /// Tells this rebuild from a later one of the same partitions.
+    pub id: u64,
+    pub partitions: Vec<i32>,
+    pub result: anyhow::Result<Vec<PartitionState>>,
+    pub took: Duration,
+}
+
+/// Rebuilds `partitions` on a new thread; the result is sent on `done`.
+pub fn spawn(config: &EngineConfig, id: u64, partitions: Vec<i32>, done: mpsc::Sender<Rebuilt>) {
+    let config = config.clone();
+    let spawned = std::thread::Builder::new()
+        .name("chime-rebuild".into())
+        .spawn(move || {
+            let started = Instant::now();
+            let result = rebuild(&config, &partitions);
+            let _ = done.send(Rebuilt {
+                id,
+                partitions,
+                result,
+                took: started.elapsed(),
+            });
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start a rebuild thread");
+    }
+}
+
+/// Committed input offsets, then the changelog: each partition's state.
+fn rebuild(config: &EngineConfig, partitions: &[i32]) -> anyhow::Result<Vec<PartitionState>> {
+    let committed = committed_offsets(config, partitions)?;
+    let mut loaded = load(config, partitions, chime_wire::time::now_ms())?;
+    partitions
+        .iter()
+        .map(|&p| {
+            let (wheel, finished) = loaded
+                .remove(&p)
+                .ok_or_else(|| anyhow::anyhow!("changelog load lost partition {p}"))?;
+            Ok(PartitionState::new(
+                p,
+                wheel,
+                finished,
+                committed.get(&p).copied(),
+            ))
+        })
+        .collect()
+}
+
+/// The group's committed input offsets (next offset to apply), asked through
+/// a consumer outside the group: the group member's own state machine stalls
+/// for seconds when the application queries offsets while librdkafka is
+/// starting newly assigned partitions.
+fn committed_offsets(
+    config: &EngineConfig,
+    partitions: &[i32],
+) -> anyhow::Result<HashMap<i32, i64>> {
+    let reader: BaseConsumer = chime_kafka::consumer_config(
+        &config.bootstrap,
+        &format!("{}-offsets", config.client_id()),
+        &config.group_id,
+    )
+    .create()?;
+    let topic = &config.topics.timers;
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = reader.committed_offsets(tpl, OFFSETS_TIMEOUT)?;
+    Ok(partitions
+        .iter()
+        .filter_map(|&p| match committed.find_partition(topic, p)?.offset() {
+            Offset::Offset(o) => Some((p, o)),
+            _ => None,
+        })
+        .collect())
+}
 
 /// Reads changelog `partitions` from the beginning to their end (the last
 /// stable offset: an earlier owner's unfinished transaction is not read) and
 /// returns each partition's pending timers as a wheel starting at `now`, and
 /// the timers that fired or were cancelled within the status retention.
-pub fn load(
+fn load(
     config: &EngineConfig,
     partitions: &[i32],
     now: u64,

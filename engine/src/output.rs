@@ -1,0 +1,133 @@
+//! The records an engine partition owes Kafka for a change of its state, and
+//! how each is written (record formats: [`chime_wire`]).
+
+use bytes::Bytes;
+use chime_kafka::{OutRecord, Transactional, TxnError};
+use chime_wire::{ChangelogRecord, Finished, Fire, HeaderList, Revoke, Topics};
+
+/// One state change's records. All of a partition's outputs go to its own
+/// partition of every topic (the fires topic is keyed by timer id, and has
+/// as many partitions as the input), so a partition whose leader is away
+/// holds up only its own transaction work.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Scheduled: the changelog's pending record.
+    Pending {
+        id: Bytes,
+        fire_at_ms: u64,
+        command: Bytes,
+    },
+    /// Fired at `emitted_at_ms`: the fire record, and the changelog
+    /// tombstone that says it fired.
+    Fired {
+        id: Bytes,
+        fire_at_ms: u64,
+        emitted_at_ms: u64,
+        command: Bytes,
+    },
+    /// Cancelled: the changelog tombstone.
+    Cancelled { id: Bytes },
+    /// Takes back a fire emitted ahead of its due time.
+    Revoke { id: Bytes, fire_at_ms: u64 },
+    /// An input record that breaks the contract.
+    DeadLetter { key: Option<Bytes>, letter: Bytes },
+}
+
+impl Output {
+    /// A short name, for logs and tests.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Output::Pending { .. } => "pending",
+            Output::Fired { .. } => "fired",
+            Output::Cancelled { .. } => "cancelled",
+            Output::Revoke { .. } => "revoke",
+            Output::DeadLetter { .. } => "dead-letter",
+        }
+    }
+
+    /// Sends this output's records for `partition` in the open transaction.
+    pub fn send(
+        &self,
+        txn: &mut Transactional,
+        topics: &Topics,
+        partition: i32,
+    ) -> Result<(), TxnError> {
+        match self {
+            Output::Pending {
+                id,
+                fire_at_ms,
+                command,
+            } => {
+                let record = ChangelogRecord::Pending {
+                    fire_at_ms: *fire_at_ms,
+                    command,
+                };
+                txn.send(partition, changelog(topics, partition, id, record))
+            }
+            Output::Fired {
+                id,
+                fire_at_ms,
+                emitted_at_ms,
+                command,
+            } => {
+                let fire = OutRecord {
+                    topic: &topics.fires,
+                    partition: None, // murmur2 of the id, as on the input topic
+                    key: Some(id),
+                    value: Some(command),
+                    headers: Fire::headers(*fire_at_ms, *emitted_at_ms),
+                };
+                txn.send(partition, fire)?;
+                let tombstone = ChangelogRecord::Finished(Some(Finished::Fired {
+                    fire_at_ms: *fire_at_ms,
+                }));
+                txn.send(partition, changelog(topics, partition, id, tombstone))
+            }
+            Output::Cancelled { id } => {
+                let tombstone = ChangelogRecord::Finished(Some(Finished::Cancelled));
+                txn.send(partition, changelog(topics, partition, id, tombstone))
+            }
+            Output::Revoke { id, fire_at_ms } => {
+                let revoke = Revoke {
+                    id: String::from_utf8_lossy(id).into_owned(),
+                    fire_at_ms: *fire_at_ms,
+                };
+                let value = revoke.value();
+                let record = OutRecord {
+                    topic: &topics.fires,
+                    partition: None,
+                    key: Some(id),
+                    value: Some(&value),
+                    headers: revoke.headers(),
+                };
+                txn.send(partition, record)
+            }
+            Output::DeadLetter { key, letter } => {
+                let record = OutRecord {
+                    topic: &topics.dead_letters,
+                    partition: None,
+                    key: key.as_deref(),
+                    value: Some(letter),
+                    headers: HeaderList::new(),
+                };
+                txn.send(partition, record)
+            }
+        }
+    }
+}
+
+/// The changelog record `record` for timer `id` of `partition`.
+fn changelog<'a>(
+    topics: &'a Topics,
+    partition: i32,
+    id: &'a [u8],
+    record: ChangelogRecord<'a>,
+) -> OutRecord<'a> {
+    OutRecord {
+        topic: &topics.changelog,
+        partition: Some(partition),
+        key: Some(id),
+        value: record.value(),
+        headers: record.headers(),
+    }
+}
