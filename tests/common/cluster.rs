@@ -185,8 +185,13 @@ impl Cluster {
     }
 
     /// Creates `topic` and waits until each of its partitions has a leader
-    /// and all its replicas in sync.
-    pub async fn create_topic(&self, topic: &str, partitions: i32, replication: i32) {
+    /// and all its replicas in sync; returns the partitions as then seen.
+    pub async fn create_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication: i32,
+    ) -> Vec<PartitionState> {
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let results = self
@@ -197,7 +202,8 @@ impl Cluster {
         for r in results {
             r.unwrap_or_else(|(name, code)| panic!("creating topic {name}: {code}"));
         }
-        self.wait_in_sync(&[topic], SETTLE).await;
+        let mut seen = self.wait_in_sync(&[topic], SETTLE).await;
+        seen.remove(0)
     }
 
     /// Deletes `topics` (best effort: a test's cleanup, not its subject).
@@ -239,42 +245,83 @@ impl Cluster {
     }
 
     /// Waits until every partition of `topics` has a leader and every replica
-    /// in sync (after a restart: the node has caught up on all of them).
-    pub async fn wait_in_sync(&self, topics: &[&str], timeout: Duration) {
+    /// in sync (after a restart: the node has caught up on all of them), and
+    /// returns the partitions of each topic as then seen.
+    pub async fn wait_in_sync(
+        &self,
+        topics: &[&str],
+        timeout: Duration,
+    ) -> Vec<Vec<PartitionState>> {
         let what = format!("every replica of {topics:?} in sync");
         wait_for(&what, timeout, || async {
             let mut seen = Vec::new();
-            let mut ok = true;
             for topic in topics {
-                let parts = self.partitions(topic).await?;
-                ok &= parts
-                    .iter()
-                    .all(|p| p.leader.is_some() && p.fully_in_sync());
-                seen.push((topic.to_string(), parts));
+                seen.push(self.partitions(topic).await?);
             }
-            Ok((ok.then_some(()), format!("{seen:?}")))
+            let ok = seen
+                .iter()
+                .flatten()
+                .all(|p| p.leader.is_some() && p.fully_in_sync());
+            let description = format!("{seen:?}");
+            Ok((ok.then_some(seen), description))
+        })
+        .await
+    }
+
+    /// Waits until partition `partition` of `topic` satisfies `condition`,
+    /// and returns it as then seen.
+    pub async fn wait_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        what: &str,
+        timeout: Duration,
+        condition: impl Fn(&PartitionState) -> bool,
+    ) -> PartitionState {
+        let what = format!("{topic}/{partition}: {what}");
+        wait_for(&what, timeout, || async {
+            let parts = self.partitions(topic).await?;
+            let p = parts
+                .into_iter()
+                .find(|p| p.partition == partition)
+                .ok_or_else(|| anyhow::anyhow!("no partition {partition}"))?;
+            let description = format!("{p:?}");
+            Ok((condition(&p).then_some(p), description))
         })
         .await
     }
 
     /// Waits until partition `partition` of `topic` is led by a node other
-    /// than `old`, and returns that node.
+    /// than `old` that is no longer among its in-sync replicas (a killed
+    /// leader, fenced by the controller), and returns the partition as then
+    /// seen.
+    ///
+    /// Brokers learn metadata changes independently, so a later question may
+    /// be answered by a broker a few milliseconds behind: assert on what a
+    /// wait returns, not on a fresh look.
     pub async fn wait_new_leader(
         &self,
         topic: &str,
         partition: i32,
         old: Node,
         timeout: Duration,
-    ) -> Node {
-        let what = format!("{topic}/{partition} led by another node than {old}");
+    ) -> PartitionState {
+        let what = format!("led by a node other than {old}, {old} out of the in-sync replicas");
+        self.wait_partition(topic, partition, &what, timeout, |p| {
+            p.leader.is_some_and(|l| l != old) && !p.isr.contains(&old)
+        })
+        .await
+    }
+
+    /// Waits until `node` is not among the live brokers (fenced, or shut down).
+    pub async fn wait_node_gone(&self, node: Node, timeout: Duration) {
+        let what = format!("node {node} gone from the live brokers");
         wait_for(&what, timeout, || async {
-            let parts = self.partitions(topic).await?;
-            let p = parts
-                .iter()
-                .find(|p| p.partition == partition)
-                .ok_or_else(|| anyhow::anyhow!("no partition {partition}"))?;
-            let new = p.leader.filter(|l| *l != old);
-            Ok((new, format!("{p:?}")))
+            let live = self.live_brokers().await?;
+            Ok((
+                (!live.contains(&node)).then_some(()),
+                format!("live brokers {live:?}"),
+            ))
         })
         .await
     }
