@@ -14,6 +14,12 @@
 //! failed test left down is started again by the next [`Cluster::start`].
 //! `scripts/kafka cluster stop` stops it.
 //!
+//! The ports are the script's (127.0.0.1:19092-19094, controllers
+//! 19192-19194; `CHIME_KAFKA_CLUSTER_PORT` and
+//! `CHIME_KAFKA_CLUSTER_CONTROLLER_PORT` move them). A cluster on those ports
+//! that another checkout's script started is used, but this one cannot kill
+//! its nodes: [`Cluster::kill`] then fails and says so.
+//!
 //! Every wait has a deadline and panics with what it last saw when the
 //! deadline passes; nothing here sleeps and hopes.
 
