@@ -1,6 +1,7 @@
 //! `chime` — one binary, one subcommand per role.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -242,20 +243,6 @@ impl DispatcherArgs {
     }
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,librdkafka=warn,rdkafka=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("CHIME_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 /// Cancelled on SIGINT or SIGTERM.
 fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
@@ -287,9 +274,9 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    init_logging();
+    chime_telemetry::init_logging();
     let cli = Cli::parse();
-    chime_ingest::metrics::recorder(); // the process's one metrics recorder
+    chime_telemetry::recorder(); // the process's one metrics recorder
     let k = &cli.kafka;
     let shutdown = shutdown_on_signal();
     match &cli.role {
@@ -313,7 +300,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Role::Topics(t) => {
-            chime_wire::kafka::create_topics(
+            chime_kafka::admin::create_topics(
                 &k.bootstrap,
                 &Topics::new(&k.topic_prefix),
                 t.partitions,
@@ -329,7 +316,7 @@ async fn main() -> anyhow::Result<()> {
             engine,
             dispatcher,
         } => {
-            chime_wire::kafka::create_topics(
+            chime_kafka::admin::create_topics(
                 &k.bootstrap,
                 &Topics::new(&k.topic_prefix),
                 topics.partitions,
@@ -344,7 +331,7 @@ async fn main() -> anyhow::Result<()> {
                     chime_ingest::serve_with_engine(
                         listener,
                         ingest.config(k),
-                        Some(engine_status.clone()),
+                        Some(Arc::new(engine_status.clone())),
                         shutdown.clone()
                     ),
                     &shutdown
@@ -384,7 +371,7 @@ async fn run_engine(
     };
     let mut config = args.config(k);
     config.status_address = Some(advertised);
-    let probe = chime_engine::status_server::KafkaProbe::new(&k.bootstrap, &config.topics.timers)?;
+    let probe = chime_kafka::KafkaProbe::new(&k.bootstrap, &config.topics.timers)?;
     // The endpoint outlives the engine's shutdown (it answers until the
     // engine has left the group), so it has its own stop token.
     let server_stop = CancellationToken::new();
@@ -392,7 +379,7 @@ async fn run_engine(
         listener,
         status.clone(),
         probe,
-        Some(chime_ingest::metrics::recorder()),
+        Some(chime_telemetry::recorder()),
         server_stop.clone(),
     ));
     let result = chime_engine::serve(config, status, shutdown).await;

@@ -133,7 +133,7 @@ fn rfc3339(ms: u64) -> String {
 
 /// How many records of `topic` have each of `keys`, reading to the end.
 fn count_keys(topic: &str, keys: &[&str]) -> Vec<usize> {
-    let consumer: BaseConsumer = chime_wire::kafka::client_config(&bootstrap(), "test-counter")
+    let consumer: BaseConsumer = chime_kafka::client_config(&bootstrap(), "test-counter")
         .set(
             "group.id",
             format!("counter-{}", uuid::Uuid::new_v4().simple()),
@@ -444,7 +444,7 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn docs_openapi_and_metrics() {
-    chime_ingest::metrics::recorder();
+    chime_telemetry::recorder();
     let mut receiver = Receiver::start().await;
     let chime = Chime::start("api-docs", &mut receiver).await;
     let api = Api::new(&chime.api);
@@ -560,7 +560,7 @@ async fn docs_openapi_and_metrics() {
 async fn api_keys_guard_the_api_but_not_health() {
     init_logging();
     let prefix = unique_prefix("api-keys");
-    chime_wire::kafka::create_topics(&bootstrap(), &Topics::new(&prefix), PARTITIONS)
+    chime_kafka::admin::create_topics(&bootstrap(), &Topics::new(&prefix), PARTITIONS)
         .await
         .unwrap();
     let mut config = IngestConfig::new(&bootstrap(), &prefix);
@@ -691,7 +691,7 @@ async fn status_is_routed_to_the_owning_engine_process() {
     const PARTS: i32 = 4;
     let prefix = unique_prefix("api-routing");
     let topics = Topics::new(&prefix);
-    chime_wire::kafka::create_topics(&bootstrap(), &topics, PARTS)
+    chime_kafka::admin::create_topics(&bootstrap(), &topics, PARTS)
         .await
         .unwrap();
     let boot = bootstrap();
@@ -851,7 +851,7 @@ struct OutageBroker {
 }
 
 impl OutageBroker {
-    const BOOTSTRAP: &str = "127.0.0.1:19092";
+    const BOOTSTRAP: &str = "127.0.0.1:18092";
 
     fn new() -> OutageBroker {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -866,8 +866,8 @@ impl OutageBroker {
                     "CHIME_KAFKA_JARS".into(),
                     cache.join("kafka/jars").display().to_string(),
                 ),
-                ("CHIME_KAFKA_PORT".into(), "19092".into()),
-                ("CHIME_KAFKA_CONTROLLER_PORT".into(), "19093".into()),
+                ("CHIME_KAFKA_PORT".into(), "18092".into()),
+                ("CHIME_KAFKA_CONTROLLER_PORT".into(), "18093".into()),
                 ("CHIME_KAFKA_HEAP".into(), "256m".into()),
             ],
         }
@@ -901,7 +901,7 @@ async fn broker_outage_gives_503_and_recovers() {
     let broker = OutageBroker::new();
     tokio::task::block_in_place(|| broker.run("start"));
     let prefix = unique_prefix("api-outage");
-    chime_wire::kafka::create_topics(OutageBroker::BOOTSTRAP, &Topics::new(&prefix), 1)
+    chime_kafka::admin::create_topics(OutageBroker::BOOTSTRAP, &Topics::new(&prefix), 1)
         .await
         .unwrap();
     let mut config = IngestConfig::new(OutageBroker::BOOTSTRAP, &prefix);

@@ -119,12 +119,12 @@ impl Rig {
     async fn topics_only(prefix: &str) -> Rig {
         init_logging();
         let topics = Topics::new(prefix);
-        chime_wire::kafka::create_topics(&bootstrap(), &topics, common::PARTITIONS)
+        chime_kafka::admin::create_topics(&bootstrap(), &topics, common::PARTITIONS)
             .await
             .expect("create topics");
         Rig {
             topics,
-            producer: chime_wire::kafka::producer_config(&bootstrap(), "test-fires")
+            producer: chime_kafka::producer_config(&bootstrap(), "test-fires")
                 .create()
                 .unwrap(),
             shutdown: CancellationToken::new(),
@@ -637,7 +637,7 @@ async fn sigterm_lets_calls_in_flight_finish_and_commits_them() {
     let gaps = tokio::task::spawn_blocking(move || {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         let consumer: BaseConsumer =
-            chime_wire::kafka::consumer_config(&bootstrap(), "test-offsets", &group)
+            chime_kafka::consumer_config(&bootstrap(), "test-offsets", &group)
                 .create()
                 .unwrap();
         let mut tpl = rdkafka::TopicPartitionList::new();

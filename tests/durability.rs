@@ -20,7 +20,7 @@ async fn topics_for(test: &str) -> (String, Topics) {
     common::init_logging();
     let prefix = common::unique_prefix(test);
     let topics = Topics::new(&prefix);
-    chime_wire::kafka::create_topics(&common::bootstrap(), &topics, PARTITIONS)
+    chime_kafka::admin::create_topics(&common::bootstrap(), &topics, PARTITIONS)
         .await
         .expect("create topics");
     (prefix, topics)

@@ -127,7 +127,7 @@ impl Ingest {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let api = runtime.block_on(async {
             let topics = chime_wire::Topics::new(&prefix);
-            if let Err(e) = chime_wire::kafka::create_topics(&bootstrap, &topics, 12).await {
+            if let Err(e) = chime_kafka::admin::create_topics(&bootstrap, &topics, 12).await {
                 eprintln!("ingest_create skipped: no broker at {bootstrap}: {e}");
                 return None;
             }

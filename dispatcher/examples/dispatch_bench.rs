@@ -105,10 +105,10 @@ async fn main() -> anyhow::Result<()> {
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     let topics = Topics::new(&prefix);
-    chime_wire::kafka::create_topics(&bootstrap, &topics, 12).await?;
+    chime_kafka::admin::create_topics(&bootstrap, &topics, 12).await?;
     let (url, arrivals) = receiver().await;
     let producer: FutureProducer =
-        chime_wire::kafka::producer_config(&bootstrap, "bench-fires").create()?;
+        chime_kafka::producer_config(&bootstrap, "bench-fires").create()?;
 
     // Throughput: a backlog of due fires, then the dispatcher starts.
     for i in 0..backlog {

@@ -8,9 +8,11 @@
 use std::time::Duration;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
+
+use chime_kafka::txn::TxnTimeouts;
+use chime_kafka::{OutRecord, Transactional};
+use chime_wire::HeaderList;
 
 use crate::delivery::OutputRecord;
 use crate::DispatcherConfig;
@@ -43,63 +45,14 @@ impl CommitBatch {
 /// The dispatcher's transactional producer. Its calls block, so the
 /// dispatcher runs them on a blocking thread, one transaction at a time.
 pub struct Committer {
-    producer: BaseProducer,
-    config: DispatcherConfig,
+    txn: Transactional,
+    fires_topic: String,
 }
 
 impl Committer {
     pub fn new(config: &DispatcherConfig) -> anyhow::Result<Self> {
-        Ok(Committer {
-            producer: transactional_producer(config)?,
-            config: config.clone(),
-        })
-    }
-
-    /// Commits `batch` in one transaction; on failure the transaction is
-    /// aborted (or the producer replaced) and nothing of it is visible.
-    pub fn commit(&mut self, batch: &CommitBatch) -> anyhow::Result<()> {
-        let result = self.try_commit(batch);
-        if let Err(e) = &result {
-            let fatal = matches!(e.downcast_ref::<KafkaError>(),
-                Some(KafkaError::Transaction(t)) if t.is_fatal());
-            if fatal || self.producer.abort_transaction(KAFKA_TIMEOUT).is_err() {
-                match transactional_producer(&self.config) {
-                    Ok(p) => self.producer = p,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot replace the transactional producer")
-                    }
-                }
-            }
-        }
-        result
-    }
-
-    fn try_commit(&mut self, batch: &CommitBatch) -> anyhow::Result<()> {
-        self.producer.begin_transaction()?;
-        for outputs in &batch.outputs {
-            for (_, out) in &outputs.records {
-                let mut record = BaseRecord::<[u8], [u8]>::to(&out.topic).payload(&out.payload[..]);
-                if let Some(k) = &out.key {
-                    record = record.key(&k[..]);
-                }
-                chime_wire::kafka::send_waiting(&self.producer, record)?;
-            }
-        }
-        let mut offsets = TopicPartitionList::new();
-        for &(p, next) in &batch.offsets {
-            offsets.add_partition_offset(&self.config.topics.fires, p, Offset::Offset(next))?;
-        }
-        self.producer
-            .send_offsets_to_transaction(&offsets, &batch.group, KAFKA_TIMEOUT)?;
-        chime_wire::kafka::drain(&self.producer, KAFKA_TIMEOUT)?;
-        self.producer.commit_transaction(KAFKA_TIMEOUT)?;
-        Ok(())
-    }
-}
-
-fn transactional_producer(config: &DispatcherConfig) -> anyhow::Result<BaseProducer> {
-    let producer: BaseProducer =
-        chime_wire::kafka::producer_config(&config.bootstrap, "chime-dispatcher")
+        let mut settings = chime_kafka::producer_config(&config.bootstrap, "chime-dispatcher");
+        settings
             // Unique per process: fencing of a stale dispatcher comes from the
             // group metadata sent with the offsets, not from this id.
             .set(
@@ -111,8 +64,40 @@ fn transactional_producer(config: &DispatcherConfig) -> anyhow::Result<BaseProdu
             .set(
                 "transaction.timeout.ms",
                 config.transaction_timeout.as_millis().to_string(),
-            )
-            .create()?;
-    producer.init_transactions(KAFKA_TIMEOUT)?;
-    Ok(producer)
+            );
+        let mut txn = Transactional::new(
+            settings,
+            TxnTimeouts {
+                delivery: KAFKA_TIMEOUT,
+                call: KAFKA_TIMEOUT,
+            },
+        );
+        txn.init()?;
+        Ok(Committer {
+            txn,
+            fires_topic: config.topics.fires.clone(),
+        })
+    }
+
+    /// Commits `batch` in one transaction; on failure nothing of it is visible.
+    pub fn commit(&mut self, batch: &CommitBatch) -> anyhow::Result<()> {
+        for outputs in &batch.outputs {
+            for (_, out) in &outputs.records {
+                let record = OutRecord {
+                    topic: &out.topic,
+                    partition: None,
+                    key: out.key.as_deref(),
+                    value: Some(&out.payload),
+                    headers: HeaderList::new(),
+                };
+                self.txn.send(outputs.partition, record)?;
+            }
+        }
+        let mut offsets = TopicPartitionList::new();
+        for &(p, next) in &batch.offsets {
+            offsets.add_partition_offset(&self.fires_topic, p, Offset::Offset(next))?;
+        }
+        self.txn.commit(&offsets, &batch.group)?;
+        Ok(())
+    }
 }

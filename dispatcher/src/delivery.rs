@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::message::{BorrowedMessage, Message};
+
+use chime_kafka::MessageHeaders;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use chime_wire::record::{lossy, DeadLetter};
 use chime_wire::time::now_ms;
-use chime_wire::{TimerCommand, TimerSpec};
+use chime_wire::{lossy, DeadLetter, FiresRecord, TimerCommand, TimerSpec};
 
 use crate::address::{refusal_in, AddressPolicy, GuardedResolver};
 use crate::hosts::HostLimits;
@@ -48,10 +49,10 @@ pub struct FireRecord {
 impl FireRecord {
     pub fn from_message(m: &BorrowedMessage<'_>) -> Self {
         let mut revokes = None;
-        let timer = match TimerCommand::decode(m.key(), m.payload()) {
-            Ok(TimerCommand::Schedule(spec)) => Ok(spec),
-            Ok(TimerCommand::Cancel { id }) => {
-                revokes = Some(id);
+        let timer = match FiresRecord::decode(m.key(), m.payload(), &MessageHeaders(m)) {
+            Ok(FiresRecord::Fire(fire)) => Ok(fire.spec),
+            Ok(FiresRecord::Revoke(revoke)) => {
+                revokes = Some(revoke.id);
                 Err("a revoke, not a fire".to_string())
             }
             Err(e) => Err(format!("undecodable fire record: {e}")),

@@ -37,8 +37,9 @@ use chime_wire::Topics;
 use crate::address::AddressPolicy;
 use crate::commit::{CommitBatch, Committer, PartitionOutputs};
 use crate::delivery::{Delivery, FireRecord, OutputRecord, Settled};
-use crate::progress::{PartitionProgress, RevocationContext};
+use crate::progress::PartitionProgress;
 use crate::retry::RetryDefaults;
+use chime_kafka::{GroupContext, GroupEvent};
 
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
@@ -111,7 +112,7 @@ type CommitTask = JoinHandle<(Committer, CommitBatch, anyhow::Result<()>)>;
 /// The dispatcher's bookkeeping between the consumer and the delivery tasks.
 struct Dispatcher {
     config: DispatcherConfig,
-    consumer: StreamConsumer<RevocationContext>,
+    consumer: StreamConsumer<GroupContext>,
     progress: HashMap<i32, Progress>,
     paused: HashSet<i32>,
     next_epoch: u64,
@@ -126,7 +127,7 @@ struct Dispatcher {
 /// in-flight calls finish for up to [`DispatcherConfig::shutdown_grace`],
 /// commits, and leaves the group.
 pub async fn serve(config: DispatcherConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let consumer: StreamConsumer<RevocationContext> = chime_wire::kafka::group_member_config(
+    let consumer: StreamConsumer<GroupContext> = chime_kafka::group_member_config(
         &config.bootstrap,
         "chime-dispatcher",
         &config.group_id,
@@ -135,7 +136,7 @@ pub async fn serve(config: DispatcherConfig, shutdown: CancellationToken) -> any
     // Offsets are committed only in the dispatcher's transactions.
     .set("enable.auto.commit", "false")
     .set("enable.auto.offset.store", "false")
-    .create_with_context(RevocationContext::default())?;
+    .create_with_context(GroupContext::new(&config.topics.fires, "dispatcher"))?;
     consumer.subscribe(&[&config.topics.fires])?;
     let delivery = Arc::new(Delivery::new(&config)?);
     let committer = {
@@ -254,9 +255,13 @@ impl Dispatcher {
     /// Drops the state of partitions given away: their uncommitted records
     /// are re-delivered by the next owner.
     fn forget_revoked(&mut self) {
-        for p in self.consumer.context().take_revoked() {
-            self.progress.remove(&p);
-            self.paused.remove(&p);
+        for event in self.consumer.context().take_events() {
+            if let GroupEvent::Revoked(parts) = event {
+                for p in parts {
+                    self.progress.remove(&p);
+                    self.paused.remove(&p);
+                }
+            }
         }
     }
 

@@ -6,10 +6,6 @@
 //! twice for one consumption of a fire record.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
-
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
-use rdkafka::ClientContext;
 
 #[derive(Debug)]
 pub struct PartitionProgress<T> {
@@ -80,30 +76,6 @@ impl<T> PartitionProgress<T> {
     /// A commit up to `point` succeeded.
     pub fn committed(&mut self, point: i64) {
         self.committed = self.committed.max(Some(point));
-    }
-}
-
-/// Consumer context that remembers revoked partitions, so their progress is
-/// forgotten (a later owner resumes from the committed offset).
-#[derive(Default)]
-pub struct RevocationContext {
-    revoked: Mutex<Vec<i32>>,
-}
-
-impl RevocationContext {
-    pub fn take_revoked(&self) -> Vec<i32> {
-        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-impl ClientContext for RevocationContext {}
-
-impl ConsumerContext for RevocationContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
-            revoked.extend(tpl.elements().iter().map(|e| e.partition()));
-        }
     }
 }
 

@@ -54,7 +54,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::Value;
 
 use chime_engine::checker::{check, CheckConfig};
-use chime_wire::record::HEADER_FIRED_AT_MS;
+use chime_wire::headers::FIRED_AT_MS as HEADER_FIRED_AT_MS;
 use chime_wire::time::now_ms;
 use chime_wire::{Callback, TimerCommand, TimerSpec, Topics};
 
@@ -194,7 +194,7 @@ impl Deployment {
         let prefix = format!("figures-{mode}-{}", &id[..8]);
         let topics = Topics::new(&prefix);
         let partitions = opts.partitions()?;
-        runtime()?.block_on(chime_wire::kafka::create_topics(
+        runtime()?.block_on(chime_kafka::admin::create_topics(
             &bootstrap(),
             &topics,
             partitions,
@@ -220,8 +220,7 @@ impl Drop for Deployment {
         let deleted = runtime().and_then(|rt| {
             rt.block_on(async {
                 let admin: AdminClient<DefaultClientContext> =
-                    chime_wire::kafka::client_config(&bootstrap(), "chime-figures-admin")
-                        .create()?;
+                    chime_kafka::client_config(&bootstrap(), "chime-figures-admin").create()?;
                 admin.delete_topics(&names, &AdminOptions::new()).await?;
                 Ok(())
             })
@@ -278,7 +277,7 @@ fn schedule(id: &str, fire_at_ms: u64) -> TimerCommand {
 /// topic as fast as the broker takes them; returns records per second.
 fn produce(topics: &Topics, n: usize, due: impl Fn(usize) -> u64) -> anyhow::Result<f64> {
     let producer: BaseProducer<DeliveryCounter> =
-        chime_wire::kafka::producer_config(&bootstrap(), "chime-figures-producer")
+        chime_kafka::producer_config(&bootstrap(), "chime-figures-producer")
             .set("linger.ms", "5")
             .set("batch.size", "1000000")
             .set("queue.buffering.max.messages", "1000000")
@@ -335,7 +334,7 @@ fn applied(deployment: &Deployment, reader: &BaseConsumer) -> anyhow::Result<(i6
 }
 
 fn offsets_reader(deployment: &Deployment) -> anyhow::Result<BaseConsumer> {
-    Ok(chime_wire::kafka::consumer_config(
+    Ok(chime_kafka::consumer_config(
         &bootstrap(),
         "chime-figures-offsets",
         &format!("{}-engine", deployment.prefix),
@@ -613,7 +612,7 @@ struct FireWatcher {
 
 impl FireWatcher {
     fn start(deployment: &Deployment) -> anyhow::Result<FireWatcher> {
-        let consumer: BaseConsumer = chime_wire::kafka::consumer_config(
+        let consumer: BaseConsumer = chime_kafka::consumer_config(
             &bootstrap(),
             "chime-figures-watcher",
             &format!("{}-figures-watcher", deployment.prefix),
@@ -629,7 +628,10 @@ impl FireWatcher {
                     continue;
                 };
                 let received_ms = now_ms();
-                let fired_at = chime_wire::kafka::header_u64(&m, HEADER_FIRED_AT_MS);
+                let fired_at = chime_wire::RecordHeaders::get_u64(
+                    &chime_kafka::MessageHeaders(&m),
+                    HEADER_FIRED_AT_MS,
+                );
                 // The due time from the payload: with a lead the engine emits
                 // ahead, so fired_at − lateness would not give it back. A
                 // revoke (a cancel record) is not a fire.
@@ -748,7 +750,7 @@ fn rebuild(opts: &Opts) -> anyhow::Result<()> {
 /// Reads the whole changelog read_committed with the engine's fetch settings
 /// and does nothing with the records: (records, milliseconds).
 fn raw_changelog_read(deployment: &Deployment) -> anyhow::Result<(u64, u64)> {
-    let consumer: BaseConsumer = chime_wire::kafka::consumer_config(
+    let consumer: BaseConsumer = chime_kafka::consumer_config(
         &bootstrap(),
         "chime-figures-raw",
         &format!("{}-figures-raw", deployment.prefix),

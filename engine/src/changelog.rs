@@ -1,22 +1,19 @@
-//! The changelog: a compacted topic with one partition per input partition,
-//! written only by that partition's owner. `key = timer id`; a value is the
-//! timer's schedule command ("pending"), a null value a tombstone ("fired or
-//! cancelled"). Replaying a partition therefore yields exactly its pending set,
-//! and compaction keeps that replay O(pending timers).
+//! Rebuilding a partition's state from its changelog (the record format is
+//! [`chime_wire::changelog`]): replaying the compacted partition yields
+//! exactly its pending set, and the recent fired/cancelled answers.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
-use chime_wire::kafka::header;
-use chime_wire::record::{HEADER_FIRE_AT_MS, HEADER_OUTCOME, OUTCOME_CANCELLED, OUTCOME_FIRED};
-use chime_wire::TimerCommand;
+use chime_kafka::group::QuietEof;
+use chime_kafka::MessageHeaders;
+use chime_wire::{ChangelogRecord, Finished};
 
 use crate::partition::TimerWheel;
 use crate::status::{Finish, FinishedTimers};
@@ -38,7 +35,7 @@ pub fn load(
     if partitions.is_empty() {
         return Ok(wheels);
     }
-    let consumer: BaseConsumer<QuietEof> = chime_wire::kafka::consumer_config(
+    let consumer: BaseConsumer<QuietEof> = chime_kafka::consumer_config(
         &config.bootstrap,
         &format!("{}-changelog", config.client_id()),
         &format!("{}-changelog-reader", config.group_id),
@@ -79,24 +76,27 @@ pub fn load(
                     tracing::warn!(offset = m.offset(), "changelog record without a UTF-8 key");
                     continue;
                 };
-                match m.payload() {
-                    None => {
+                match ChangelogRecord::decode(m.payload(), &MessageHeaders(&m)) {
+                    Ok(ChangelogRecord::Finished(finished_as)) => {
                         wheel.cancel(&Bytes::copy_from_slice(id.as_bytes()));
-                        if let Some(finish) = tombstone_finish(&m) {
+                        if let Some(finish) = finished_as.and_then(|f| finish_at(f, &m)) {
                             finished.record(id.as_bytes(), finish);
                         }
                     }
-                    Some(value) => match fire_at(&m, value) {
-                        Some(at) => {
-                            wheel.schedule(
-                                Bytes::copy_from_slice(id.as_bytes()),
-                                at,
-                                Bytes::copy_from_slice(value),
-                            );
-                            finished.forget(id.as_bytes());
-                        }
-                        None => tracing::warn!(offset = m.offset(), "undecodable changelog record"),
-                    },
+                    Ok(ChangelogRecord::Pending {
+                        fire_at_ms,
+                        command,
+                    }) => {
+                        wheel.schedule(
+                            Bytes::copy_from_slice(id.as_bytes()),
+                            fire_at_ms,
+                            Bytes::copy_from_slice(command),
+                        );
+                        finished.forget(id.as_bytes());
+                    }
+                    Err(e) => {
+                        tracing::warn!(offset = m.offset(), error = %e, "undecodable changelog record")
+                    }
                 }
             }
         }
@@ -115,57 +115,20 @@ pub fn load(
     Ok(wheels)
 }
 
-/// How a tombstone's timer finished, from its headers and timestamp.
-fn tombstone_finish<M: Message>(m: &M) -> Option<Finish> {
+/// A tombstone's finish, dated by the record's timestamp.
+fn finish_at<M: Message>(finished: Finished, m: &M) -> Option<Finish> {
     let at = m
         .timestamp()
         .to_millis()
         .and_then(|t| u64::try_from(t).ok())?;
-    match header(m, HEADER_OUTCOME)? {
-        OUTCOME_FIRED => {
-            let fire_at_ms = header(m, HEADER_FIRE_AT_MS)?.parse().ok()?;
-            // A fire emitted ahead (the lead) takes effect at its due time.
-            Some(Finish::Fired {
-                fire_at_ms,
-                fired_at_ms: at.max(fire_at_ms),
-            })
-        }
-        OUTCOME_CANCELLED => Some(Finish::Cancelled {
-            cancelled_at_ms: at,
-        }),
-        _ => None,
-    }
-}
-
-/// The due time of a pending record: from its header, else from its JSON.
-fn fire_at<M: Message>(m: &M, value: &[u8]) -> Option<u64> {
-    let from_header = header(m, HEADER_FIRE_AT_MS).and_then(|s| s.parse().ok());
-    from_header.or_else(
-        || match serde_json::from_slice::<TimerCommand>(value).ok()? {
-            TimerCommand::Schedule(spec) => Some(spec.fire_at_ms),
-            TimerCommand::Cancel { .. } => None,
+    Some(match finished {
+        // A fire emitted ahead (the lead) takes effect at its due time.
+        Finished::Fired { fire_at_ms } => Finish::Fired {
+            fire_at_ms,
+            fired_at_ms: at.max(fire_at_ms),
         },
-    )
+        Finished::Cancelled => Finish::Cancelled {
+            cancelled_at_ms: at,
+        },
+    })
 }
-
-/// End of partition: also reported by librdkafka as a global error.
-pub(crate) fn is_partition_eof(error: &KafkaError) -> bool {
-    matches!(
-        error,
-        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-    )
-}
-
-/// librdkafka also reports "end of partition" as a global error, which the
-/// default context would log at error level; here it is the expected signal.
-pub(crate) struct QuietEof;
-
-impl ClientContext for QuietEof {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !is_partition_eof(&error) {
-            tracing::error!(%error, reason, "changelog reader error");
-        }
-    }
-}
-
-impl ConsumerContext for QuietEof {}

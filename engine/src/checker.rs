@@ -20,12 +20,10 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use chime_wire::kafka::header_u64;
-use chime_wire::record::{HEADER_FIRED_AT_MS, HEADER_REVOKES_FIRE_AT_MS};
+use chime_kafka::group::QuietEof;
+use chime_kafka::MessageHeaders;
 use chime_wire::time::now_ms;
-use chime_wire::{TimerCommand, Topics};
-
-use crate::changelog::QuietEof;
+use chime_wire::{ChangelogRecord, FiresRecord, Revoke, TimerCommand, Topics};
 
 #[derive(Debug, Clone)]
 pub struct CheckConfig {
@@ -192,23 +190,21 @@ pub fn check(config: &CheckConfig) -> anyhow::Result<CheckReport> {
     let mut lateness = Vec::new();
     let lead = config.lead.as_millis() as u64;
     read_all(config, &config.topics.fires, |m| {
-        let spec = match TimerCommand::decode(m.key(), m.payload()) {
-            Ok(TimerCommand::Schedule(spec)) => spec,
+        let (spec, fired_at) = match FiresRecord::decode(m.key(), m.payload(), &MessageHeaders(m)) {
+            Ok(FiresRecord::Fire(fire)) => (fire.spec, fire.fired_at_ms),
             // A revoke takes back a fire emitted ahead of its time.
-            Ok(TimerCommand::Cancel { id }) => {
-                if let Some(at) = header_u64(m, HEADER_REVOKES_FIRE_AT_MS) {
-                    if let Some(times) = fired.get_mut(&(id, at)) {
-                        times.pop();
-                        report.fires -= 1;
-                        report.revoked += 1;
-                    }
+            Ok(FiresRecord::Revoke(Revoke { id, fire_at_ms })) => {
+                if let Some(times) = fired.get_mut(&(id, fire_at_ms)) {
+                    times.pop();
+                    report.fires -= 1;
+                    report.revoked += 1;
                 }
                 return;
             }
             Err(_) => return,
         };
         report.fires += 1;
-        let fired_at = header_u64(m, HEADER_FIRED_AT_MS).unwrap_or_else(|| timestamp(m));
+        let fired_at = fired_at.unwrap_or_else(|| timestamp(m));
         if fired_at.saturating_add(lead) < spec.fire_at_ms {
             report.early.push(spec.id.clone());
         }
@@ -224,15 +220,14 @@ pub fn check(config: &CheckConfig) -> anyhow::Result<CheckReport> {
         let Some(id) = m.key().map(|k| String::from_utf8_lossy(k).into_owned()) else {
             return;
         };
-        match m.payload() {
-            None => {
+        match ChangelogRecord::decode(m.payload(), &MessageHeaders(m)) {
+            Ok(ChangelogRecord::Pending { fire_at_ms, .. }) => {
+                pending.insert(id, fire_at_ms);
+            }
+            Ok(ChangelogRecord::Finished(_)) => {
                 pending.remove(&id);
             }
-            Some(v) => {
-                if let Ok(TimerCommand::Schedule(spec)) = serde_json::from_slice(v) {
-                    pending.insert(id, spec.fire_at_ms);
-                }
-            }
+            Err(_) => {}
         }
     })?;
     report.pending = pending.len();
@@ -296,7 +291,7 @@ fn read_all(
     topic: &str,
     mut each: impl FnMut(&BorrowedMessage<'_>),
 ) -> anyhow::Result<()> {
-    let consumer: BaseConsumer<QuietEof> = chime_wire::kafka::consumer_config(
+    let consumer: BaseConsumer<QuietEof> = chime_kafka::consumer_config(
         &config.bootstrap,
         "chime-checker",
         &format!("chime-checker-{}", uuid::Uuid::new_v4().simple()),

@@ -6,13 +6,12 @@
 
 pub mod changelog;
 pub mod checker;
-pub mod group;
 pub mod owner;
 pub mod partition;
 pub mod status;
 pub mod status_server;
 
-pub use status::{EngineStatus, TimerStatus};
+pub use status::EngineStatus;
 
 use std::time::Duration;
 
@@ -74,15 +73,9 @@ impl EngineConfig {
         }
     }
 
+    /// The consumer's `client.id`, which advertises the status address to ingest.
     pub fn client_id(&self) -> String {
-        match &self.status_address {
-            Some(address) => format!(
-                "chime-engine-{}{}{address}",
-                self.instance_id,
-                status_server::ADDRESS_SEPARATOR
-            ),
-            None => format!("chime-engine-{}", self.instance_id),
-        }
+        chime_wire::status::engine_client_id(&self.instance_id, self.status_address.as_deref())
     }
 
     pub fn finished_timers(&self) -> status::FinishedTimers {

@@ -24,21 +24,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use chime_wire::kafka::send_waiting;
-use chime_wire::record::{
-    lossy, DeadLetter, HEADER_FIRED_AT_MS, HEADER_FIRE_AT_MS, HEADER_LATENESS_MS, HEADER_OUTCOME,
-    HEADER_REVOKES_FIRE_AT_MS, OUTCOME_CANCELLED, OUTCOME_FIRED,
-};
+use chime_kafka::txn::TxnTimeouts;
+use chime_kafka::{GroupContext, GroupEvent, OutRecord, Transactional};
 use chime_wire::time::now_ms;
-use chime_wire::TimerCommand;
+use chime_wire::{
+    lossy, ChangelogRecord, DeadLetter, Finished, Fire, HeaderList, Revoke, TimerCommand,
+};
 
 use crate::changelog;
-use crate::group::{GroupContext, GroupEvent};
 use crate::partition::PartitionState;
 use crate::status::{EngineStatus, Finish};
 use crate::EngineConfig;
@@ -65,7 +62,7 @@ struct InputRecord {
 pub struct Owner {
     config: EngineConfig,
     consumer: BaseConsumer<GroupContext>,
-    producer: BaseProducer,
+    txn: Transactional,
     /// Owned partitions, shared with status readers.
     status: EngineStatus,
     inbox: Vec<InputRecord>,
@@ -82,7 +79,7 @@ pub struct Owner {
 
 impl Owner {
     pub fn new(config: EngineConfig, status: EngineStatus) -> anyhow::Result<Self> {
-        let consumer: BaseConsumer<GroupContext> = chime_wire::kafka::group_member_config(
+        let consumer: BaseConsumer<GroupContext> = chime_kafka::group_member_config(
             &config.bootstrap,
             &config.client_id(),
             &config.group_id,
@@ -90,10 +87,11 @@ impl Owner {
         )
         // End of partition marks a partition caught up (see `collect`).
         .set("enable.partition.eof", "true")
-        .create_with_context(GroupContext::new(&config.topics.timers))?;
+        .create_with_context(GroupContext::new(&config.topics.timers, "engine"))?;
         consumer.subscribe(&[&config.topics.timers])?;
-        let producer = transactional_producer(&config)?;
-        let offsets_reader: BaseConsumer = chime_wire::kafka::consumer_config(
+        let mut txn = transactional_producer(&config);
+        txn.init()?;
+        let offsets_reader: BaseConsumer = chime_kafka::consumer_config(
             &config.bootstrap,
             &format!("{}-offsets", config.client_id()),
             &config.group_id,
@@ -103,7 +101,7 @@ impl Owner {
             offsets_reader,
             config,
             consumer,
-            producer,
+            txn,
             status,
             inbox: Vec::new(),
             end_of_input: HashMap::new(),
@@ -293,7 +291,6 @@ impl Owner {
     fn commit(&mut self) -> anyhow::Result<()> {
         let now = now_ms();
         let mut touched = BTreeSet::new();
-        let mut txn = TxnState::Idle;
         let status = self.status.clone();
         let mut owned = status.lock();
         for rec in std::mem::take(&mut self.inbox) {
@@ -303,8 +300,7 @@ impl Owner {
             if state.next_offset.is_some_and(|next| rec.offset < next) {
                 continue; // already applied before a seek back
             }
-            txn.begin(&self.producer)?;
-            apply_input(&self.config, &self.producer, state, &rec, now)?;
+            apply_input(&self.config, &mut self.txn, state, &rec, now)?;
             state.next_offset = Some(rec.offset + 1);
             touched.insert(rec.partition);
         }
@@ -320,7 +316,6 @@ impl Owner {
             if self.expired.is_empty() {
                 continue;
             }
-            txn.begin(&self.producer)?;
             touched.insert(p);
             for fire in self.expired.drain(..) {
                 if fire.deadline > now {
@@ -334,10 +329,10 @@ impl Owner {
                         fired_at_ms: now.max(fire.deadline),
                     },
                 );
-                emit_fire(&self.config, &self.producer, p, fire, now)?;
+                emit_fire(&self.config, &mut self.txn, p, fire, now)?;
             }
         }
-        if txn == TxnState::Idle {
+        if !self.txn.is_open() {
             return Ok(());
         }
         let topic = &self.config.topics.timers;
@@ -354,18 +349,12 @@ impl Owner {
         // Status readers may see the new state from here; the transaction
         // below makes it durable or, failing, triggers a rebuild.
         drop(owned);
-        // librdkafka's flush inside commit (and abort) polls in 100 ms slices
-        // that do not end early: drain deliveries first so the commit takes
-        // ~1 ms, and so a failed transaction has nothing in flight to abort.
-        chime_wire::kafka::drain(&self.producer, TXN_TIMEOUT)?;
         let group = self
             .consumer
             .group_metadata()
             .ok_or_else(|| anyhow::anyhow!("consumer has no group metadata"))?;
-        self.producer
-            .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
         let commit_started = Instant::now();
-        self.producer.commit_transaction(TXN_TIMEOUT)?;
+        self.txn.commit(&offsets, &group)?;
         metrics::histogram!("chime_engine_commit_seconds")
             .record(commit_started.elapsed().as_secs_f64());
         tracing::debug!(
@@ -382,19 +371,7 @@ impl Owner {
     /// in-memory state should be.
     fn recover(&mut self, err: anyhow::Error) -> anyhow::Result<()> {
         tracing::warn!(error = %err, "transaction failed; rebuilding owned partitions");
-        let fatal = matches!(err.downcast_ref::<KafkaError>(),
-            Some(KafkaError::Transaction(e)) if e.is_fatal());
-        let aborted = if fatal {
-            Err(anyhow::anyhow!("fatal producer error"))
-        } else {
-            self.producer
-                .abort_transaction(TXN_TIMEOUT)
-                .map_err(anyhow::Error::from)
-        };
-        if let Err(e) = aborted {
-            tracing::warn!(error = %e, "abort failed; replacing the transactional producer");
-            self.producer = transactional_producer(&self.config)?;
-        }
+        self.txn.abort();
         self.inbox.clear();
         // The partitions the failed transaction touched lose their state...
         let failed: Vec<i32> = {
@@ -436,47 +413,35 @@ impl Owner {
     }
 }
 
-#[derive(PartialEq, Eq)]
-enum TxnState {
-    Idle,
-    Open,
-}
-
-impl TxnState {
-    fn begin(&mut self, producer: &BaseProducer) -> anyhow::Result<()> {
-        if *self == TxnState::Idle {
-            producer.begin_transaction()?;
-            *self = TxnState::Open;
-        }
-        Ok(())
-    }
-}
-
-fn transactional_producer(config: &EngineConfig) -> anyhow::Result<BaseProducer> {
-    let producer: BaseProducer =
-        chime_wire::kafka::producer_config(&config.bootstrap, &config.client_id())
-            .set("transactional.id", config.transactional_id())
-            .set(
-                "transaction.timeout.ms",
-                config.transaction_timeout.as_millis().to_string(),
-            )
-            .set("linger.ms", "2")
-            .set("queue.buffering.max.messages", "1000000")
-            .create()?;
-    producer.init_transactions(KAFKA_TIMEOUT)?;
-    Ok(producer)
+fn transactional_producer(config: &EngineConfig) -> Transactional {
+    let mut settings = chime_kafka::producer_config(&config.bootstrap, &config.client_id());
+    settings
+        .set("transactional.id", config.transactional_id())
+        .set(
+            "transaction.timeout.ms",
+            config.transaction_timeout.as_millis().to_string(),
+        )
+        .set("linger.ms", "2")
+        .set("queue.buffering.max.messages", "1000000");
+    Transactional::new(
+        settings,
+        TxnTimeouts {
+            delivery: TXN_TIMEOUT,
+            call: TXN_TIMEOUT,
+        },
+    )
 }
 
 /// Applies one input record: schedule or cancel in the wheel and the
 /// changelog, or a dead letter for a record that breaks the contract.
 fn apply_input(
     config: &EngineConfig,
-    producer: &BaseProducer,
+    txn: &mut Transactional,
     state: &mut PartitionState,
     rec: &InputRecord,
     now: u64,
 ) -> anyhow::Result<()> {
-    let changelog = &config.topics.changelog;
+    let p = rec.partition;
     match TimerCommand::decode(rec.key.as_deref(), rec.value.as_deref()) {
         Ok(TimerCommand::Schedule(spec)) => {
             let (Some(key), Some(value)) = (&rec.key, &rec.value) else {
@@ -484,29 +449,24 @@ fn apply_input(
             };
             if let Some(fire_at) = state.early.take(key) {
                 // Re-scheduled while its old fire waits at the dispatcher.
-                send_revoke(config, producer, key, fire_at)?;
+                send_revoke(config, txn, p, key, fire_at)?;
             }
             state
                 .wheel
                 .schedule(key.clone(), spec.fire_at_ms, value.clone());
             state.finished.forget(key);
-            let at = spec.fire_at_ms.to_string();
-            let record = BaseRecord::to(changelog)
-                .partition(rec.partition)
-                .key(&key[..])
-                .payload(&value[..])
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: HEADER_FIRE_AT_MS,
-                    value: Some(&at),
-                }));
-            send_waiting(producer, record)
+            let record = ChangelogRecord::Pending {
+                fire_at_ms: spec.fire_at_ms,
+                command: value,
+            };
+            send_changelog(config, txn, p, key, record)
         }
         Ok(TimerCommand::Cancel { id }) => {
             let key = Bytes::copy_from_slice(id.as_bytes());
             if state.wheel.cancel(&key).is_none() {
                 match state.early.take(&key) {
                     // Emitted ahead of its time: the dispatcher still holds it.
-                    Some(fire_at) => send_revoke(config, producer, &key, fire_at)?,
+                    Some(fire_at) => send_revoke(config, txn, p, &key, fire_at)?,
                     None => return Ok(()), // fired already, or never seen
                 }
             }
@@ -516,21 +476,15 @@ fn apply_input(
                     cancelled_at_ms: now,
                 },
             );
-            let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(changelog)
-                .partition(rec.partition)
-                .key(id.as_bytes())
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: HEADER_OUTCOME,
-                    value: Some(OUTCOME_CANCELLED),
-                }));
-            send_waiting(producer, record)
+            let record = ChangelogRecord::Finished(Some(Finished::Cancelled));
+            send_changelog(config, txn, p, &key, record)
         }
         Err(e) => {
-            tracing::warn!(partition = rec.partition, offset = rec.offset, error = %e, "dead-lettering input record");
+            tracing::warn!(partition = p, offset = rec.offset, error = %e, "dead-lettering input record");
             let letter = DeadLetter {
                 reason: format!("undecodable timer command: {e}"),
                 source_topic: config.topics.timers.clone(),
-                partition: rec.partition,
+                partition: p,
                 offset: rec.offset,
                 key: lossy(rec.key.as_deref()),
                 value: lossy(rec.value.as_deref()),
@@ -539,84 +493,80 @@ fn apply_input(
                 dead_at_ms: now,
             }
             .encode();
-            let mut record = BaseRecord::to(&config.topics.dead_letters).payload(&letter[..]);
-            if let Some(k) = &rec.key {
-                record = record.key(&k[..]);
-            }
-            send_waiting(producer, record)
+            let record = OutRecord {
+                topic: &config.topics.dead_letters,
+                partition: None,
+                key: rec.key.as_deref(),
+                value: Some(&letter),
+                headers: HeaderList::new(),
+            };
+            Ok(txn.send(p, record)?)
         }
     }
+}
+
+fn send_changelog(
+    config: &EngineConfig,
+    txn: &mut Transactional,
+    partition: i32,
+    id: &[u8],
+    record: ChangelogRecord<'_>,
+) -> anyhow::Result<()> {
+    let out = OutRecord {
+        topic: &config.topics.changelog,
+        partition: Some(partition),
+        key: Some(id),
+        value: record.value(),
+        headers: record.headers(),
+    };
+    Ok(txn.send(partition, out)?)
 }
 
 /// Emits one due timer: its fire record, and the changelog tombstone that
 /// stops it from being rebuilt as pending.
 fn emit_fire(
     config: &EngineConfig,
-    producer: &BaseProducer,
+    txn: &mut Transactional,
     partition: i32,
     fire: Expired<Bytes, Bytes>,
     now: u64,
 ) -> anyhow::Result<()> {
-    let fired_at = now.to_string();
-    let lateness = now.saturating_sub(fire.deadline).to_string();
     metrics::histogram!("chime_engine_fire_lateness_seconds")
         .record(now.saturating_sub(fire.deadline) as f64 / 1000.0);
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: HEADER_FIRED_AT_MS,
-            value: Some(&fired_at),
-        })
-        .insert(Header {
-            key: HEADER_LATENESS_MS,
-            value: Some(&lateness),
-        });
-    send_waiting(
-        producer,
-        BaseRecord::to(&config.topics.fires)
-            .key(&fire.id[..])
-            .payload(&fire.payload[..])
-            .headers(headers),
-    )?;
-    let fire_at = fire.deadline.to_string();
-    let tombstone: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&config.topics.changelog)
-        .partition(partition)
-        .key(&fire.id[..])
-        .headers(
-            OwnedHeaders::new()
-                .insert(Header {
-                    key: HEADER_OUTCOME,
-                    value: Some(OUTCOME_FIRED),
-                })
-                .insert(Header {
-                    key: HEADER_FIRE_AT_MS,
-                    value: Some(&fire_at),
-                }),
-        );
-    send_waiting(producer, tombstone)
+    let record = OutRecord {
+        topic: &config.topics.fires,
+        partition: None,
+        key: Some(&fire.id),
+        value: Some(&fire.payload),
+        headers: Fire::headers(fire.deadline, now),
+    };
+    txn.send(partition, record)?;
+    let tombstone = ChangelogRecord::Finished(Some(Finished::Fired {
+        fire_at_ms: fire.deadline,
+    }));
+    send_changelog(config, txn, partition, &fire.id, tombstone)
 }
 
-/// Revokes a fire emitted ahead of its due time: a cancel record on the fires
-/// topic, same key (so the same partition, after the fire), naming the due
-/// time of the fire it revokes.
+/// Revokes a fire emitted ahead of its due time: a revoke record on the
+/// fires topic, same key (so the same partition, after the fire).
 fn send_revoke(
     config: &EngineConfig,
-    producer: &BaseProducer,
+    txn: &mut Transactional,
+    partition: i32,
     id: &Bytes,
-    fire_at: u64,
+    fire_at_ms: u64,
 ) -> anyhow::Result<()> {
-    let value = TimerCommand::Cancel {
+    let revoke = Revoke {
         id: String::from_utf8_lossy(id).into_owned(),
-    }
-    .encode();
-    let at = fire_at.to_string();
-    send_waiting(
-        producer,
-        BaseRecord::to(&config.topics.fires)
-            .key(&id[..])
-            .payload(&value[..])
-            .headers(OwnedHeaders::new().insert(Header {
-                key: HEADER_REVOKES_FIRE_AT_MS,
-                value: Some(&at),
-            })),
-    )
+        fire_at_ms,
+    };
+    let value = revoke.value();
+    let record = OutRecord {
+        topic: &config.topics.fires,
+        partition: None,
+        key: Some(id),
+        value: Some(&value),
+        headers: revoke.headers(),
+    };
+    Ok(txn.send(partition, record)?)
 }

@@ -11,27 +11,9 @@ use std::hash::Hasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
+use chime_wire::{StatusSource, TimerStatus};
 
 use crate::partition::PartitionState;
-
-/// A timer's state as its owning engine knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TimerStatus {
-    /// This engine does not own the timer's partition.
-    NotOwned,
-    /// The partition is being rebuilt; ask again shortly.
-    Loading,
-    /// Owned and live, but never seen or already forgotten.
-    Unknown,
-    /// Waiting for its time; `spec` is the schedule command's JSON.
-    Pending { fire_at_ms: u64, spec: Bytes },
-    /// Fired: released to the dispatcher, effective at `fired_at_ms` (its due
-    /// time, or later if it fired late; a fire emitted ahead within the lead
-    /// already reports Fired).
-    Fired { fire_at_ms: u64, fired_at_ms: u64 },
-    /// Cancelled at `cancelled_at_ms`.
-    Cancelled { cancelled_at_ms: u64 },
-}
 
 /// How a timer left the wheel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +121,9 @@ pub struct OwnedPartitions {
 #[derive(Clone, Default)]
 pub struct EngineStatus {
     inner: Arc<Mutex<OwnedPartitions>>,
+    /// Partitions whose pending-timer gauge was last set, so a partition
+    /// that moved away is reset to 0 instead of lingering.
+    reported: Arc<Mutex<BTreeSet<i32>>>,
 }
 
 impl EngineStatus {
@@ -162,7 +147,7 @@ impl EngineStatus {
         if let Some((fire_at_ms, spec)) = state.wheel.get(&key) {
             return TimerStatus::Pending {
                 fire_at_ms,
-                spec: spec.clone(),
+                spec: String::from_utf8_lossy(spec).into_owned(),
             };
         }
         match state.finished.get(id.as_bytes()) {
@@ -196,6 +181,36 @@ impl EngineStatus {
             .collect();
         v.sort_unstable();
         v
+    }
+}
+
+impl StatusSource for EngineStatus {
+    fn timer(&self, partition: i32, id: &str) -> TimerStatus {
+        EngineStatus::timer(self, partition, id)
+    }
+
+    fn is_ready(&self) -> bool {
+        EngineStatus::is_ready(self)
+    }
+
+    /// Sets the engine's gauges (pending timers per partition, partitions
+    /// loading and live), just before a scrape.
+    fn publish_gauges(&self) {
+        let pending = self.pending_per_partition();
+        let loading = self.lock().loading.len();
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        let now: BTreeSet<i32> = pending.iter().map(|(p, _)| *p).collect();
+        for gone in reported.difference(&now) {
+            metrics::gauge!("chime_engine_pending_timers", "partition" => gone.to_string())
+                .set(0.0);
+        }
+        for (p, n) in &pending {
+            metrics::gauge!("chime_engine_pending_timers", "partition" => p.to_string())
+                .set(*n as f64);
+        }
+        metrics::gauge!("chime_engine_partitions", "state" => "live").set(pending.len() as f64);
+        metrics::gauge!("chime_engine_partitions", "state" => "loading").set(loading as f64);
+        *reported = now;
     }
 }
 

@@ -23,10 +23,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use chime_engine::{EngineStatus, TimerStatus};
-use chime_wire::record::validate_id;
+use chime_kafka::KafkaProbe;
 use chime_wire::time::now_ms;
-use chime_wire::{Callback, RetryPolicy, TimerCommand, TimerSpec};
+use chime_wire::validate_id;
+use chime_wire::{Callback, RetryPolicy, StatusSource, TimerCommand, TimerSpec, TimerStatus};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::lookup::TimerLookup;
@@ -41,24 +41,23 @@ pub struct AppState {
     pub config: IngestConfig,
     pub log: TimerLog,
     pub lookup: TimerLookup,
-    pub kafka: chime_engine::status_server::KafkaProbe,
-    pub local_engine: Option<EngineStatus>,
+    pub kafka: KafkaProbe,
+    /// The engine in this process (`chime all`), if any.
+    pub local_engine: Option<Arc<dyn StatusSource>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-    pub engine_gauges: chime_engine::status_server::EngineGauges,
 }
 
 impl AppState {
-    pub fn new(config: IngestConfig, local_engine: Option<EngineStatus>) -> anyhow::Result<Self> {
+    pub fn new(
+        config: IngestConfig,
+        local_engine: Option<Arc<dyn StatusSource>>,
+    ) -> anyhow::Result<Self> {
         Ok(AppState {
             log: TimerLog::new(&config)?,
             lookup: TimerLookup::new(&config, local_engine.clone())?,
-            kafka: chime_engine::status_server::KafkaProbe::new(
-                &config.bootstrap,
-                &config.topics.timers,
-            )?,
+            kafka: KafkaProbe::new(&config.bootstrap, &config.topics.timers)?,
             local_engine,
-            metrics: crate::metrics::recorder(),
-            engine_gauges: Default::default(),
+            metrics: chime_telemetry::recorder(),
             config,
         })
     }
@@ -374,7 +373,7 @@ async fn pending_duplicate(state: &AppState, timer: &NewTimer) -> Option<u64> {
     let TimerStatus::Pending { fire_at_ms, spec } = status else {
         return None;
     };
-    let Ok(TimerCommand::Schedule(existing)) = serde_json::from_slice(&spec) else {
+    let Ok(TimerCommand::Schedule(existing)) = serde_json::from_str(&spec) else {
         return None;
     };
     let same = existing.callback == timer.spec.callback
@@ -420,7 +419,7 @@ pub async fn timer_status(
         TimerStatus::Pending { fire_at_ms, spec } => {
             answer.fire_at = Some(format_ms(fire_at_ms));
             answer.time_left_ms = Some(fire_at_ms.saturating_sub(now));
-            if let Ok(TimerCommand::Schedule(spec)) = serde_json::from_slice(&spec) {
+            if let Ok(TimerCommand::Schedule(spec)) = serde_json::from_str(&spec) {
                 answer.callback = Some(spec.callback);
                 answer.retry = (!spec.retry.is_default()).then_some(spec.retry);
             }

@@ -11,7 +11,6 @@
 //! * [`docs`] — the OpenAPI document and Swagger UI at `/docs`.
 //! * [`error`] — the one JSON error shape every 4xx/5xx uses.
 //! * [`timer_log`] — the producer side of `chime.timers`.
-//! * [`metrics`] — the process's Prometheus recorder.
 
 pub mod api;
 pub mod batch;
@@ -19,14 +18,13 @@ pub mod docs;
 pub mod error;
 pub mod guard;
 pub mod lookup;
-pub mod metrics;
 pub mod ops;
 pub mod timer_log;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chime_engine::EngineStatus;
+use chime_wire::StatusSource;
 use chime_wire::Topics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -86,7 +84,7 @@ pub async fn serve(
 pub async fn serve_with_engine(
     listener: TcpListener,
     config: IngestConfig,
-    local_engine: Option<EngineStatus>,
+    local_engine: Option<Arc<dyn StatusSource>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let state = Arc::new(api::AppState::new(config, local_engine)?);

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use chime_engine::status_server::{advertised_address, timer_path, TimerStatusBody};
-use chime_engine::{EngineStatus, TimerStatus};
 use chime_wire::partition::partition_for_key;
+use chime_wire::status::{advertised_address, timer_path};
+use chime_wire::{StatusSource, TimerStatus};
 
 use crate::error::ApiError;
 use crate::IngestConfig;
@@ -23,7 +23,7 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(2);
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct TimerLookup {
-    local: Option<EngineStatus>,
+    local: Option<Arc<dyn StatusSource>>,
     client: Arc<BaseConsumer>,
     timers_topic: String,
     engine_group: String,
@@ -34,9 +34,12 @@ pub struct TimerLookup {
 }
 
 impl TimerLookup {
-    pub fn new(config: &IngestConfig, local: Option<EngineStatus>) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &IngestConfig,
+        local: Option<Arc<dyn StatusSource>>,
+    ) -> anyhow::Result<Self> {
         let client: BaseConsumer =
-            chime_wire::kafka::client_config(&config.bootstrap, "chime-ingest-lookup").create()?;
+            chime_kafka::client_config(&config.bootstrap, "chime-ingest-lookup").create()?;
         Ok(TimerLookup {
             local,
             client: Arc::new(client),
@@ -90,8 +93,7 @@ impl TimerLookup {
         if !response.status().is_success() {
             return Err(format!("status {}", response.status()));
         }
-        let body: TimerStatusBody = response.json().await.map_err(|e| e.to_string())?;
-        Ok(body.into())
+        response.json().await.map_err(|e| e.to_string())
     }
 
     async fn partition_of(&self, id: &str) -> Result<i32, ApiError> {
@@ -259,14 +261,29 @@ mod tests {
         b
     }
 
+    /// An in-process engine that is loading one partition.
+    struct LoadingEngine(i32);
+
+    impl StatusSource for LoadingEngine {
+        fn timer(&self, partition: i32, _: &str) -> TimerStatus {
+            if partition == self.0 {
+                TimerStatus::Loading
+            } else {
+                TimerStatus::NotOwned
+            }
+        }
+        fn is_ready(&self) -> bool {
+            false
+        }
+        fn publish_gauges(&self) {}
+    }
+
     #[tokio::test]
     async fn a_loading_partition_answers_503_not_404() {
-        let engine = EngineStatus::default();
-        let config = IngestConfig::new("127.0.0.1:9", "lookup-test");
-        let lookup = TimerLookup::new(&config, Some(engine.clone())).unwrap();
-        *lookup.partitions.lock().unwrap() = Some(3);
         let partition = partition_for_key(b"t-1", 3);
-        engine.lock().loading.insert(partition);
+        let config = IngestConfig::new("127.0.0.1:9", "lookup-test");
+        let lookup = TimerLookup::new(&config, Some(Arc::new(LoadingEngine(partition)))).unwrap();
+        *lookup.partitions.lock().unwrap() = Some(3);
         let e = lookup.status("t-1").await.unwrap_err();
         assert_eq!(e.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(e.retry_after, Some(1));

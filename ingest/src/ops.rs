@@ -72,7 +72,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     if let Some(engine) = &state.local_engine {
-        state.engine_gauges.publish(engine);
+        engine.publish_gauges();
     }
     (
         [("content-type", "text/plain; version=0.0.4")],

@@ -19,7 +19,7 @@ pub struct TimerLog {
 
 impl TimerLog {
     pub fn new(config: &IngestConfig) -> anyhow::Result<Self> {
-        let producer = chime_wire::kafka::producer_config(&config.bootstrap, "chime-ingest")
+        let producer = chime_kafka::producer_config(&config.bootstrap, "chime-ingest")
             // librdkafka gives up on a record no later than we give up waiting.
             .set(
                 "message.timeout.ms",

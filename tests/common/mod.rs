@@ -151,7 +151,7 @@ impl Chime {
         init_logging();
         let prefix = unique_prefix(test);
         let topics = Topics::new(&prefix);
-        chime_wire::kafka::create_topics(&bootstrap(), &topics, PARTITIONS)
+        chime_kafka::admin::create_topics(&bootstrap(), &topics, PARTITIONS)
             .await
             .expect("create topics");
         let shutdown = CancellationToken::new();
@@ -166,7 +166,7 @@ impl Chime {
             tokio::spawn(chime_ingest::serve_with_engine(
                 listener,
                 IngestConfig::new(&bootstrap(), &prefix),
-                Some(engine_status.clone()),
+                Some(std::sync::Arc::new(engine_status.clone())),
                 shutdown.clone(),
             )),
             tokio::spawn(chime_engine::serve(engine, engine_status, shutdown.clone())),
@@ -259,7 +259,7 @@ pub fn read_topic(
     n: usize,
     timeout: Duration,
 ) -> Vec<(Option<String>, Option<String>)> {
-    let consumer: BaseConsumer = chime_wire::kafka::consumer_config(
+    let consumer: BaseConsumer = chime_kafka::consumer_config(
         &bootstrap(),
         "test-reader",
         &format!("reader-{}", uuid::Uuid::new_v4().simple()),

@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use chime_wire::record::HEADER_FIRED_AT_MS;
+use chime_wire::headers::FIRED_AT_MS as HEADER_FIRED_AT_MS;
 use chime_wire::{TimerCommand, Topics};
 
 use super::bootstrap;
@@ -135,7 +135,7 @@ pub struct FireWatcher {
 
 impl FireWatcher {
     pub fn start(topics: &Topics) -> FireWatcher {
-        let consumer: BaseConsumer = chime_wire::kafka::consumer_config(
+        let consumer: BaseConsumer = chime_kafka::consumer_config(
             &bootstrap(),
             "test-fire-watcher",
             &format!("watcher-{}", uuid::Uuid::new_v4().simple()),
@@ -157,8 +157,11 @@ impl FireWatcher {
                 else {
                     continue;
                 };
-                let fired_at_ms =
-                    chime_wire::kafka::header_u64(&m, HEADER_FIRED_AT_MS).unwrap_or(0);
+                let fired_at_ms = chime_wire::RecordHeaders::get_u64(
+                    &chime_kafka::MessageHeaders(&m),
+                    HEADER_FIRED_AT_MS,
+                )
+                .unwrap_or(0);
                 s.lock().unwrap().push(SeenFire {
                     id: spec.id,
                     partition: m.partition(),
@@ -219,7 +222,7 @@ pub struct TimerProducer {
 impl TimerProducer {
     pub fn new(topics: &Topics) -> TimerProducer {
         TimerProducer {
-            producer: chime_wire::kafka::producer_config(&bootstrap(), "test-producer")
+            producer: chime_kafka::producer_config(&bootstrap(), "test-producer")
                 .create()
                 .expect("producer"),
             topic: topics.timers.clone(),

@@ -1,18 +1,39 @@
-//! chime's wire contract: everything two chime processes (or a chime process and
-//! a foreign Kafka client) must agree on.
+//! chime's wire contract: everything two chime processes (or a chime process
+//! and a foreign Kafka client) must agree on. Data only: no I/O, no Kafka
+//! client (that is `chime-kafka`).
 //!
+//! One module per topic's record, plus what they share:
+//!
+//! ```text
+//! chime.timers       key = id   value = TimerCommand          command.rs
+//! chime.changelog    key = id   value = command | tombstone   changelog.rs
+//! chime.fires        key = id   value = fire | revoke         fires.rs
+//! chime.dead-letters key = key  value = DeadLetter            dead_letter.rs
+//! ```
+//!
+//! * [`headers`] — the record headers chime writes, and how to read them.
+//! * [`status`] — the status protocol between ingest and the engines.
 //! * [`topics`] — the topic names derived from one prefix.
-//! * [`record`] — the JSON records on those topics and the headers beside them.
 //! * [`partition`] — Kafka's murmur2 key partitioner, so anyone can tell which
 //!   partition (and so which engine) holds a timer.
-//! * [`kafka`] — client settings every chime producer and consumer shares, and topic creation.
-//! * [`time`] — unix-millisecond wall clock helpers.
+//! * [`time`] — unix-millisecond wall clock.
 
-pub mod kafka;
+pub mod changelog;
+pub mod command;
+pub mod dead_letter;
+pub mod fires;
+pub mod headers;
 pub mod partition;
-pub mod record;
+pub mod status;
 pub mod time;
 pub mod topics;
 
-pub use record::{Callback, DeadLetter, RetryPolicy, TimerCommand, TimerSpec};
+pub use changelog::{ChangelogRecord, Finished};
+pub use command::{
+    validate_id, Callback, FieldError, RetryPolicy, TimerCommand, TimerSpec, MAX_ID_BYTES,
+};
+pub use dead_letter::{lossy, DeadLetter};
+pub use fires::{Fire, FiresRecord, Revoke};
+pub use headers::{HeaderList, RecordHeaders};
+pub use status::{StatusSource, TimerStatus};
 pub use topics::Topics;

@@ -26,7 +26,7 @@ pub async fn kafka_produce_consume(
     record_bytes: usize,
 ) -> anyhow::Result<(u64, f64)> {
     let admin: AdminClient<DefaultClientContext> =
-        chime_wire::kafka::client_config(bootstrap, "chime-bench-baseline").create()?;
+        chime_kafka::client_config(bootstrap, "chime-bench-baseline").create()?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     admin
         .create_topics(
@@ -38,7 +38,7 @@ pub async fn kafka_produce_consume(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|(name, code)| anyhow::anyhow!("creating topic {name}: {code}"))?;
 
-    let consumer: BaseConsumer = chime_wire::kafka::consumer_config(
+    let consumer: BaseConsumer = chime_kafka::consumer_config(
         bootstrap,
         "chime-bench-baseline",
         &format!("{topic}-reader"),
@@ -66,11 +66,10 @@ pub async fn kafka_produce_consume(
         Ok(Instant::now())
     });
 
-    let producer: FutureProducer =
-        chime_wire::kafka::producer_config(bootstrap, "chime-bench-baseline")
-            .set("linger.ms", "5")
-            .set("queue.buffering.max.messages", "1000000")
-            .create()?;
+    let producer: FutureProducer = chime_kafka::producer_config(bootstrap, "chime-bench-baseline")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
     let payload = vec![b'x'; record_bytes];
     let start = Instant::now();
     let acked = AtomicU64::new(0);

@@ -221,13 +221,12 @@ fn batch_failures(body: &str) -> Vec<String> {
 const MAX_UNACKED: usize = 100_000;
 
 async fn create_kafka(plan: &Plan, target: &Target<'_>, created: &AtomicU64) -> anyhow::Result<()> {
-    let producer: FutureProducer =
-        chime_wire::kafka::producer_config(target.bootstrap, "chime-bench")
-            // Batch like a bulk loader would; durability settings stay as chime's.
-            .set("linger.ms", "5")
-            .set("queue.buffering.max.messages", "1000000")
-            .create()
-            .context("creating the Kafka producer")?;
+    let producer: FutureProducer = chime_kafka::producer_config(target.bootstrap, "chime-bench")
+        // Batch like a bulk loader would; durability settings stay as chime's.
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .context("creating the Kafka producer")?;
     let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();
     for i in 0..plan.due_ms.len() {
         let key = plan.id(i);

@@ -297,7 +297,7 @@ struct Chime {
 
 fn timers_partitions(bootstrap: &str, topic: &str) -> anyhow::Result<i32> {
     let consumer: BaseConsumer =
-        chime_wire::kafka::client_config(bootstrap, "chime-bench-metadata").create()?;
+        chime_kafka::client_config(bootstrap, "chime-bench-metadata").create()?;
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .with_context(|| format!("reading metadata of {topic} from {bootstrap}"))?;

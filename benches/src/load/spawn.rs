@@ -127,7 +127,7 @@ impl SpawnedChime {
 /// Best effort: a topic left behind only costs broker disk.
 pub async fn delete_topics(bootstrap: &str, topics: &Topics) {
     let admin: Result<AdminClient<DefaultClientContext>, _> =
-        chime_wire::kafka::client_config(bootstrap, "chime-bench-admin").create();
+        chime_kafka::client_config(bootstrap, "chime-bench-admin").create();
     let Ok(admin) = admin else { return };
     let names = [
         topics.timers.as_str(),

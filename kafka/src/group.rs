@@ -1,29 +1,33 @@
-//! Consumer-group membership: librdkafka reports assignments and revocations
-//! inside `poll`; this context queues them so the owner loop applies them between
-//! polls, when no transaction is open.
+//! Consumer-group membership. librdkafka reports assignments and revocations
+//! inside `poll`; [`GroupContext`] queues them so the owner loop applies them
+//! between polls, when no transaction is open.
 
 use std::sync::Mutex;
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientContext, TopicPartitionList};
 
-/// A change in which `chime.timers` partitions this instance owns.
+/// A change in which partitions of the subscribed topic this member owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupEvent {
     Assigned(Vec<i32>),
     Revoked(Vec<i32>),
 }
 
+/// Consumer context of a chime group member subscribed to one topic.
 pub struct GroupContext {
     topic: String,
+    role: &'static str,
     events: Mutex<Vec<GroupEvent>>,
 }
 
 impl GroupContext {
-    pub fn new(topic: &str) -> Self {
+    /// `role` names the member in logs (`engine`, `dispatcher`).
+    pub fn new(topic: &str, role: &'static str) -> Self {
         GroupContext {
             topic: topic.to_string(),
+            role,
             events: Mutex::new(Vec::new()),
         }
     }
@@ -48,12 +52,19 @@ impl GroupContext {
     }
 }
 
+/// End of partition: expected where a reader asks for it (it marks a
+/// partition caught up), and also reported by librdkafka as a global error.
+pub fn is_partition_eof(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+    )
+}
+
 impl ClientContext for GroupContext {
-    // End of partition is expected (it marks a partition caught up); it is
-    // also reported as a global error, which must not be logged as one.
     fn error(&self, error: KafkaError, reason: &str) {
-        if !crate::changelog::is_partition_eof(&error) {
-            tracing::error!(%error, reason, "engine consumer error");
+        if !is_partition_eof(&error) {
+            tracing::error!(%error, reason, role = self.role, "consumer error");
         }
     }
 }
@@ -65,10 +76,10 @@ impl ConsumerContext for GroupContext {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 let parts = self.partitions(tpl);
-                tracing::info!(partitions = ?parts, "partitions revoked");
+                tracing::info!(role = self.role, partitions = ?parts, "partitions revoked");
                 self.push(GroupEvent::Revoked(parts));
             }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Error(e) => tracing::warn!(role = self.role, error = %e, "rebalance error"),
             Rebalance::Assign(_) => {}
         }
     }
@@ -76,8 +87,22 @@ impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let parts = self.partitions(tpl);
-            tracing::info!(partitions = ?parts, "partitions assigned");
+            tracing::info!(role = self.role, partitions = ?parts, "partitions assigned");
             self.push(GroupEvent::Assigned(parts));
         }
     }
 }
+
+/// A consumer context that only keeps end-of-partition reports out of the
+/// error log (for readers outside any group: rebuilds, audits).
+pub struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !is_partition_eof(&error) {
+            tracing::error!(%error, reason, "consumer error");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}

@@ -1,35 +1,10 @@
-//! The records on chime's topics. All values are JSON so any Kafka client in any
-//! language can produce timers; keys are the timer id as UTF-8.
-//!
-//! ```text
-//! chime.timers      key = id   value = TimerCommand  ({"op":"schedule",…} | {"op":"cancel","id":…})
-//! chime.changelog   key = id   value = the schedule command's bytes (pending) | null (tombstone)
-//! chime.fires       key = id   value = the schedule command's bytes; headers say when it fired
-//! chime.dead-letters key = original key  value = DeadLetter
-//! ```
+//! The input command on `chime.timers`: `{"op":"schedule",…}` or
+//! `{"op":"cancel","id":…}`, keyed by the timer id. Any Kafka client in any
+//! language may produce these, so decoding checks everything a timer needs.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-
-/// Header on a fire record: unix ms at which the engine emitted it.
-pub const HEADER_FIRED_AT_MS: &str = "chime-fired-at-ms";
-/// Header on a fire record: how late the engine emitted it (fired_at − fire_at, ≥ 0).
-pub const HEADER_LATENESS_MS: &str = "chime-lateness-ms";
-
-/// Header on a revoke record in the fires topic (value `{"op":"cancel",…}`):
-/// the due time of the fire, emitted ahead of its time, that it takes back.
-pub const HEADER_REVOKES_FIRE_AT_MS: &str = "chime-revokes-fire-at-ms";
-
-/// Header on a changelog pending record: the timer's due time (unix ms), so a
-/// rebuild need not parse the JSON value.
-pub const HEADER_FIRE_AT_MS: &str = "chime-fire-at-ms";
-
-/// Header on a changelog tombstone: why the timer left (`fired` | `cancelled`);
-/// the tombstone's timestamp says when.
-pub const HEADER_OUTCOME: &str = "chime-outcome";
-pub const OUTCOME_FIRED: &str = "fired";
-pub const OUTCOME_CANCELLED: &str = "cancelled";
 
 /// Longest accepted timer id, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
@@ -269,39 +244,6 @@ impl TimerCommand {
         // Serializing these plain structs cannot fail (string keys, no floats).
         serde_json::to_vec(self).expect("timer command serializes")
     }
-}
-
-/// A record on `chime.dead-letters`: what could not be processed, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadLetter {
-    /// Why the record was given up on.
-    pub reason: String,
-    /// Where the record came from.
-    pub source_topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    /// The original key and value, as (lossy) UTF-8.
-    pub key: Option<String>,
-    pub value: Option<String>,
-    /// Delivery attempts made, for undeliverable fires.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attempts: Option<u32>,
-    /// Last HTTP status seen, for undeliverable fires.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_status: Option<u16>,
-    /// When it was dead-lettered, unix ms.
-    pub dead_at_ms: u64,
-}
-
-impl DeadLetter {
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("dead letter serializes")
-    }
-}
-
-/// Lossy UTF-8 of raw record bytes, for dead letters and logs.
-pub fn lossy(bytes: Option<&[u8]>) -> Option<String> {
-    bytes.map(|b| String::from_utf8_lossy(b).into_owned())
 }
 
 #[cfg(test)]

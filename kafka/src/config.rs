@@ -1,0 +1,67 @@
+//! Client settings every chime producer and consumer shares.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+
+/// Base settings for any client of the cluster at `bootstrap`.
+pub fn client_config(bootstrap: &str, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("client.id", client_id)
+        // Loopback and small clusters: notice a dead broker quickly.
+        .set("socket.keepalive.enable", "true");
+    // librdkafka's own debug contexts (e.g. "cgrp,eos"), for diagnosing a live system.
+    if let Ok(contexts) = std::env::var("CHIME_KAFKA_DEBUG") {
+        c.set("debug", contexts);
+    }
+    c
+}
+
+/// Settings for a producer of keyed chime records: durable (acks=all,
+/// idempotent) and partitioned exactly like the Java client (murmur2), so a
+/// cancel lands on the same partition as its schedule whoever wrote either.
+pub fn producer_config(bootstrap: &str, client_id: &str) -> ClientConfig {
+    let mut c = client_config(bootstrap, client_id);
+    c.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "1")
+        .set("compression.type", "lz4");
+    c
+}
+
+/// Settings for a consumer that only ever sees committed transactional data.
+pub fn consumer_config(bootstrap: &str, client_id: &str, group_id: &str) -> ClientConfig {
+    let mut c = client_config(bootstrap, client_id);
+    c.set("group.id", group_id)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        // Timers are latency-sensitive: do not let the broker hold a fetch
+        // for the default 500 ms waiting for more data.
+        .set("fetch.wait.max.ms", "10");
+    c
+}
+
+/// Settings for a member of a chime consumer group: read_committed,
+/// cooperative-sticky rebalancing, and the given session timeout (how soon a
+/// dead member's partitions move) with heartbeats at a fifth of it.
+pub fn group_member_config(
+    bootstrap: &str,
+    client_id: &str,
+    group_id: &str,
+    session_timeout: Duration,
+) -> ClientConfig {
+    let mut c = consumer_config(bootstrap, client_id, group_id);
+    c.set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "session.timeout.ms",
+            session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (session_timeout.as_millis() / 5).max(100).to_string(),
+        );
+    c
+}
