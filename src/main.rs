@@ -41,6 +41,31 @@ struct KafkaArgs {
         global = true
     )]
     topic_prefix: String,
+    /// Replication factor of the topics chime creates, and the least every
+    /// role accepts at start (default: min(3, brokers in the cluster)).
+    #[arg(long, env = "CHIME_REPLICATION_FACTOR", global = true)]
+    replication_factor: Option<i32>,
+}
+
+impl KafkaArgs {
+    fn topics(&self) -> Topics {
+        Topics::new(&self.topic_prefix)
+    }
+
+    /// Refuses to start a role on topics laid out wrong (one line each).
+    async fn check_topics(&self) -> anyhow::Result<()> {
+        chime_kafka::admin::check_topics(&self.bootstrap, &self.topics(), self.replication_factor)
+            .await
+    }
+
+    /// Creates what is missing, then checks the whole layout.
+    async fn ensure_topics(&self, partitions: i32) -> anyhow::Result<()> {
+        let layout = chime_kafka::admin::Layout {
+            partitions,
+            replication_factor: self.replication_factor,
+        };
+        chime_kafka::admin::ensure_topics(&self.bootstrap, &self.topics(), layout).await
+    }
 }
 
 #[derive(Subcommand)]
@@ -300,28 +325,34 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Role::Topics(t) => {
-            chime_kafka::admin::create_topics(
-                &k.bootstrap,
-                &Topics::new(&k.topic_prefix),
-                t.partitions,
-            )
-            .await
+            let created = k.ensure_topics(t.partitions).await;
+            let view = chime_kafka::admin::inspect(&k.bootstrap, &k.topics()).await?;
+            let layout = chime_kafka::admin::Layout {
+                partitions: t.partitions,
+                replication_factor: k.replication_factor,
+            };
+            print!("{}", view.table(layout));
+            created
         }
-        Role::Ingest(a) => chime_ingest::serve(bind(a.listen).await?, a.config(k), shutdown).await,
-        Role::Engine(a) => run_engine(a, k, Default::default(), shutdown).await,
-        Role::Dispatcher(a) => chime_dispatcher::serve(a.config(k), shutdown).await,
+        Role::Ingest(a) => {
+            k.check_topics().await?;
+            chime_ingest::serve(bind(a.listen).await?, a.config(k), shutdown).await
+        }
+        Role::Engine(a) => {
+            k.check_topics().await?;
+            run_engine(a, k, Default::default(), shutdown).await
+        }
+        Role::Dispatcher(a) => {
+            k.check_topics().await?;
+            chime_dispatcher::serve(a.config(k), shutdown).await
+        }
         Role::All {
             topics,
             ingest,
             engine,
             dispatcher,
         } => {
-            chime_kafka::admin::create_topics(
-                &k.bootstrap,
-                &Topics::new(&k.topic_prefix),
-                topics.partitions,
-            )
-            .await?;
+            k.ensure_topics(topics.partitions).await?;
             let listener = bind(ingest.listen).await?;
             // Ingest answers status questions for this engine's partitions in-process.
             let engine_status = chime_engine::EngineStatus::default();
