@@ -31,9 +31,6 @@ import sys
 
 import yaml
 
-# Read by the binary soon (`chime topics`' replica count); listed until then.
-UPCOMING = {"CHIME_REPLICATION_FACTOR"}
-
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 
 problems = []
@@ -51,7 +48,7 @@ def known_variables(repo):
         if parts & {"target", ".cache", "tests", "examples"}:
             continue
         names.update(re.findall(r'"(CHIME_[A-Z0-9_]+)"', path.read_text(errors="replace")))
-    return names | UPCOMING
+    return names
 
 
 def check_variable(where, name, known):
