@@ -45,6 +45,23 @@ struct KafkaArgs {
     /// role accepts at start (default: min(3, brokers in the cluster)).
     #[arg(long, env = "CHIME_REPLICATION_FACTOR", global = true)]
     replication_factor: Option<i32>,
+    /// Stable name of this process's engine and dispatcher (default: random).
+    /// Reuse it on restart: the restarted process fences its predecessor's
+    /// transactions at once. Must be unique among running processes.
+    #[arg(long, env = "CHIME_INSTANCE_ID", global = true)]
+    instance_id: Option<String>,
+    /// Static group membership (KIP-345): a member that stops without
+    /// leaving keeps its partitions until the session timeout, so a process
+    /// restarted within it resumes them with no rebalance. A stopping
+    /// member then does not hand its partitions over either (see
+    /// docs/operations.md). Needs a stable CHIME_INSTANCE_ID.
+    #[arg(
+        long,
+        env = "CHIME_STATIC_MEMBERSHIP",
+        global = true,
+        default_value_t = false
+    )]
+    static_membership: bool,
 }
 
 impl KafkaArgs {
@@ -153,9 +170,6 @@ struct EngineArgs {
     /// bound address; set it when listening on 0.0.0.0).
     #[arg(long, env = "CHIME_ENGINE_STATUS_ADVERTISE")]
     status_advertise: Option<String>,
-    /// Stable name of this engine instance (default: random). Reuse it on restart.
-    #[arg(long, env = "CHIME_INSTANCE_ID")]
-    instance_id: Option<String>,
     /// Transaction interval: the longest input waits before it is committed.
     #[arg(long, env = "CHIME_TICK_MS", default_value_t = 10)]
     tick_ms: u64,
@@ -163,12 +177,14 @@ struct EngineArgs {
     /// until due; a cancel inside the lead is sent after them as a revoke).
     #[arg(long, env = "CHIME_LEAD_MS", default_value_t = chime_engine::DEFAULT_LEAD.as_millis() as u64)]
     lead_ms: u64,
-    /// Consumer-group session timeout: how soon a dead engine's partitions move.
-    #[arg(long, env = "CHIME_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    /// Consumer-group session timeout: how soon a dead engine's partitions
+    /// move. Below 6 s the brokers need group.min.session.timeout.ms lowered
+    /// (docs/operations.md).
+    #[arg(long, env = "CHIME_SESSION_TIMEOUT_MS", default_value_t = chime_engine::DEFAULT_SESSION_TIMEOUT.as_millis() as u64)]
     session_timeout_ms: u64,
     /// How long a dead engine's unfinished transaction blocks readers before
     /// the broker aborts it.
-    #[arg(long, env = "CHIME_TRANSACTION_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "CHIME_TRANSACTION_TIMEOUT_MS", default_value_t = chime_engine::DEFAULT_TRANSACTION_TIMEOUT.as_millis() as u64)]
     transaction_timeout_ms: u64,
 }
 
@@ -206,7 +222,7 @@ struct DispatcherArgs {
     #[arg(
         long,
         env = "CHIME_DISPATCHER_SESSION_TIMEOUT_MS",
-        default_value_t = 10_000
+        default_value_t = chime_engine::DEFAULT_SESSION_TIMEOUT.as_millis() as u64
     )]
     dispatcher_session_timeout_ms: u64,
 }
@@ -237,9 +253,10 @@ impl IngestArgs {
 impl EngineArgs {
     fn config(&self, k: &KafkaArgs) -> EngineConfig {
         let mut c = EngineConfig::new(&k.bootstrap, &k.topic_prefix);
-        if let Some(id) = &self.instance_id {
+        if let Some(id) = &k.instance_id {
             c.instance_id = id.clone();
         }
+        c.static_membership = k.static_membership;
         c.tick = Duration::from_millis(self.tick_ms);
         c.lead = Duration::from_millis(self.lead_ms);
         c.session_timeout = Duration::from_millis(self.session_timeout_ms);
@@ -251,6 +268,10 @@ impl EngineArgs {
 impl DispatcherArgs {
     fn config(&self, k: &KafkaArgs) -> DispatcherConfig {
         let mut c = DispatcherConfig::new(&k.bootstrap, &k.topic_prefix);
+        if let Some(id) = &k.instance_id {
+            c.instance_id = id.clone();
+        }
+        c.static_membership = k.static_membership;
         c.max_in_flight = self.max_in_flight;
         c.request_timeout = Duration::from_millis(self.request_timeout_ms);
         c.max_in_flight_per_host = self.max_in_flight_per_host;

@@ -51,13 +51,15 @@ pub struct Committer {
 
 impl Committer {
     pub fn new(config: &DispatcherConfig) -> anyhow::Result<Self> {
-        let mut settings = chime_kafka::producer_config(&config.bootstrap, "chime-dispatcher");
+        let mut settings = chime_kafka::producer_config(&config.bootstrap, &config.client_id());
         settings
-            // Unique per process: fencing of a stale dispatcher comes from the
-            // group metadata sent with the offsets, not from this id.
+            // Stable per instance: a restarted dispatcher aborts its
+            // predecessor's open transaction at once instead of letting it
+            // hold back readers until it times out. Fencing of a dispatcher
+            // that lost its partitions comes from the group metadata.
             .set(
                 "transactional.id",
-                format!("{}-{}", config.group_id, uuid::Uuid::new_v4().simple()),
+                format!("{}-{}", config.group_id, config.instance_id),
             )
             // A dispatcher killed mid-transaction holds back readers of its
             // topics (and its offsets) until the broker aborts it.

@@ -11,6 +11,10 @@
 //!   Kafka transaction that also writes what the finished records owe — retry
 //!   timers and dead letters ([`commit`]). A crash re-delivers what was in
 //!   flight or not yet committed, and loses nothing.
+//! * A partition that leaves — a rebalance, or a graceful stop — is handed
+//!   over ([`poller`]): its held fires come due (at most the engine's lead),
+//!   its calls finish, and they are committed before the next owner starts,
+//!   so neither makes a callback twice.
 //! * What a call carries and how its outcome is judged: [`delivery`],
 //!   [`retry`], [`signing`]; which addresses it may reach: [`address`].
 
@@ -18,18 +22,20 @@ pub mod address;
 pub mod commit;
 pub mod delivery;
 pub mod hosts;
+pub mod poller;
 pub mod progress;
 pub mod retry;
 pub mod signing;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use chime_wire::Topics;
@@ -37,9 +43,9 @@ use chime_wire::Topics;
 use crate::address::AddressPolicy;
 use crate::commit::{CommitBatch, Committer, PartitionOutputs};
 use crate::delivery::{Delivery, FireRecord, OutputRecord, Settled};
+use crate::poller::{HandoverContext, Polled, Poller};
 use crate::progress::PartitionProgress;
 use crate::retry::RetryDefaults;
-use chime_kafka::{GroupContext, GroupEvent};
 
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
@@ -66,8 +72,15 @@ pub struct DispatcherConfig {
     pub addresses: AddressPolicy,
     /// How often finished records are committed.
     pub commit_interval: Duration,
-    /// How long in-flight calls may finish after shutdown is asked for.
+    /// How long a partition being handed over (a rebalance, or a stop) may
+    /// take to finish its held fires and calls in flight; the rest is
+    /// re-delivered by its next owner.
     pub shutdown_grace: Duration,
+    /// Stable name of this dispatcher: part of its client and transactional
+    /// ids, so a restarted dispatcher fences its predecessor's transaction.
+    pub instance_id: String,
+    /// Join the group as a static member (`group.instance.id` = instance id).
+    pub static_membership: bool,
     /// Consumer-group session timeout: how soon a dead dispatcher's partitions move.
     pub session_timeout: Duration,
     /// How long a dead dispatcher's open transaction can hold back readers.
@@ -90,9 +103,17 @@ impl DispatcherConfig {
             addresses: AddressPolicy::default(),
             commit_interval: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(10),
-            session_timeout: Duration::from_secs(10),
-            transaction_timeout: Duration::from_secs(10),
+            instance_id: uuid::Uuid::new_v4().simple().to_string(),
+            static_membership: false,
+            session_timeout: Duration::from_secs(3),
+            transaction_timeout: Duration::from_secs(3),
         }
+    }
+}
+
+impl DispatcherConfig {
+    pub fn client_id(&self) -> String {
+        format!("chime-dispatcher-{}", self.instance_id)
     }
 }
 
@@ -106,14 +127,30 @@ struct Finished {
     id: Option<String>,
 }
 
-type Progress = PartitionProgress<OutputRecord>;
+/// One assignment of a partition: its commit progress, and the token that
+/// ends its waits when it is given up.
+struct Track {
+    progress: PartitionProgress<OutputRecord>,
+    abandon: CancellationToken,
+}
+
+/// Partitions being handed over: answered once they are idle and committed.
+struct Handover {
+    partitions: Vec<i32>,
+    done: std_mpsc::SyncSender<()>,
+    /// Past this, their remaining waits are abandoned.
+    deadline: Instant,
+}
+
 type CommitTask = JoinHandle<(Committer, CommitBatch, anyhow::Result<()>)>;
 
 /// The dispatcher's bookkeeping between the consumer and the delivery tasks.
 struct Dispatcher {
     config: DispatcherConfig,
-    consumer: StreamConsumer<GroupContext>,
-    progress: HashMap<i32, Progress>,
+    consumer: Arc<BaseConsumer<HandoverContext>>,
+    delivery: Arc<Delivery>,
+    done_tx: mpsc::UnboundedSender<Finished>,
+    tracks: HashMap<i32, Track>,
     paused: HashSet<i32>,
     next_epoch: u64,
     /// Delivery tasks not yet finished.
@@ -121,162 +158,138 @@ struct Dispatcher {
     /// Fires waiting for their due time, by timer id: (partition, offset,
     /// the token a revoke record cancels).
     held: HashMap<String, (i32, i64, CancellationToken)>,
+    handovers: Vec<Handover>,
+    committer: Option<Committer>,
+    commit_task: Option<CommitTask>,
+    /// Handovers whose partitions were idle when the running commit began:
+    /// they are answered when it ends.
+    committing_handovers: Vec<Handover>,
 }
 
-/// Runs a dispatcher until `shutdown`: then it stops taking records, lets
-/// in-flight calls finish for up to [`DispatcherConfig::shutdown_grace`],
-/// commits, and leaves the group.
+/// Runs a dispatcher until `shutdown`: then it stops taking records, hands
+/// every partition over (held fires called when due, calls in flight
+/// finished, all committed) within [`DispatcherConfig::shutdown_grace`], and
+/// leaves the group.
 pub async fn serve(config: DispatcherConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let consumer: StreamConsumer<GroupContext> = chime_kafka::group_member_config(
-        &config.bootstrap,
-        "chime-dispatcher",
-        &config.group_id,
-        config.session_timeout,
-    )
-    // Offsets are committed only in the dispatcher's transactions.
-    .set("enable.auto.commit", "false")
-    .set("enable.auto.offset.store", "false")
-    .create_with_context(GroupContext::new(&config.topics.fires, "dispatcher"))?;
-    consumer.subscribe(&[&config.topics.fires])?;
     let delivery = Arc::new(Delivery::new(&config)?);
     let committer = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || Committer::new(&config)).await??
     };
+    let (poller, mut polled) = Poller::start(&config)?;
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
     let mut d = Dispatcher {
-        config,
-        consumer,
-        progress: HashMap::new(),
+        consumer: poller.consumer.clone(),
+        delivery,
+        done_tx,
+        tracks: HashMap::new(),
         paused: HashSet::new(),
         next_epoch: 0,
         running: 0,
         held: HashMap::new(),
+        handovers: Vec::new(),
+        committer: Some(committer),
+        commit_task: None,
+        committing_handovers: Vec::new(),
+        config,
     };
-    // Waits (due time, backoff, slots) end at shutdown; calls made do not.
-    let abandon = CancellationToken::new();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
-    let mut committer = Some(committer);
-    let mut commit_task: Option<CommitTask> = None;
     let mut commit_tick = tokio::time::interval(d.config.commit_interval);
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping = false;
     tracing::info!(group = %d.config.group_id, "dispatcher started");
 
     loop {
-        d.forget_revoked();
+        let next_deadline = d.handovers.iter().map(|h| h.deadline).min();
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled(), if !stopping => {
+                // The poller leaves the group: every partition is handed over.
+                stopping = true;
+                poller.stop();
+            }
             Some(done) = done_rx.recv() => d.finished(done),
-            joined = async { commit_task.as_mut().expect("guarded").await }, if commit_task.is_some() => {
-                commit_task = None;
-                committer = Some(d.commit_done(joined)?);
+            joined = async { d.commit_task.as_mut().expect("guarded").await }, if d.commit_task.is_some() => {
+                d.commit_task = None;
+                d.commit_done(joined)?;
             }
-            _ = commit_tick.tick(), if committer.is_some() => {
-                if let Some(batch) = d.next_batch() {
-                    let mut c = committer.take().expect("guarded");
-                    commit_task = Some(tokio::task::spawn_blocking(move || {
-                        let result = c.commit(&batch);
-                        (c, batch, result)
-                    }));
-                }
-            }
-            msg = d.consumer.recv() => {
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "consumer error");
-                        continue;
-                    }
-                };
-                let fire = FireRecord::from_message(&msg);
-                drop(msg);
-                let (partition, offset) = (fire.partition, fire.offset);
-                let epoch = d.start(partition, offset);
-                if let Some(id) = &fire.revokes {
-                    // Same key, so it follows the fire it revokes; a fire
-                    // already being called is not stopped.
-                    if let Some((_, _, token)) = d.held.get(id) {
-                        token.cancel();
-                    }
-                    d.finished(Finished { partition, epoch, offset, settled: Settled::Done(None), id: None });
-                    continue;
-                }
-                let revoked = CancellationToken::new();
-                let id = fire.timer.as_ref().ok().map(|spec| spec.id.clone());
-                if let Some(id) = &id {
-                    d.held.insert(id.clone(), (partition, offset, revoked.clone()));
-                }
-                let delivery = delivery.clone();
-                let done_tx = done_tx.clone();
-                let abandon = abandon.clone();
-                tokio::spawn(async move {
-                    let settled = delivery.deliver(fire, &abandon, &revoked).await;
-                    let _ = done_tx.send(Finished { partition, epoch, offset, settled, id });
-                });
+            _ = commit_tick.tick(), if d.commit_task.is_none() => d.start_commit(),
+            event = polled.recv() => match event {
+                Some(Polled::Record(fire)) => d.start(fire),
+                Some(Polled::Assigned(_)) => {}
+                Some(Polled::Revoking { partitions, done }) => d.begin_handover(partitions, done),
+                Some(Polled::Stopped) | None => break,
+            },
+            _ = tokio::time::sleep_until(next_deadline.unwrap_or_else(Instant::now)), if next_deadline.is_some() => {
+                d.abandon_overdue();
             }
         }
+        d.advance_handovers();
     }
-
-    // Shutdown: take no more records; let calls made finish up to the grace.
-    abandon.cancel();
-    let grace_end = tokio::time::Instant::now() + d.config.shutdown_grace;
-    while d.running > 0 {
-        tokio::select! {
-            Some(done) = done_rx.recv() => d.finished(done),
-            _ = tokio::time::sleep_until(grace_end) => {
-                tracing::warn!(in_flight = d.running, "shutdown grace over; the rest is re-delivered");
-                break;
-            }
-        }
+    // Left the group: every handover was answered (or timed out).
+    if let Some(task) = d.commit_task.take() {
+        d.commit_done(task.await)?;
     }
-    if let Some(task) = commit_task.take() {
-        committer = Some(d.commit_done(task.await)?);
-    }
-    d.forget_revoked();
-    if let (Some(mut c), Some(batch)) = (committer, d.next_batch()) {
-        let (_, batch, result) = tokio::task::spawn_blocking(move || {
-            let result = c.commit(&batch);
-            (c, batch, result)
-        })
-        .await?;
-        match result {
-            Ok(()) => tracing::info!(partitions = batch.offsets.len(), "final commit"),
-            Err(e) => {
-                tracing::warn!(error = %e, "final commit failed; uncommitted fires are re-delivered")
-            }
-        }
-    }
-    d.consumer.unsubscribe();
+    drop(poller);
     tracing::info!("dispatcher stopped");
     Ok(())
 }
 
 impl Dispatcher {
-    /// Drops the state of partitions given away: their uncommitted records
-    /// are re-delivered by the next owner.
-    fn forget_revoked(&mut self) {
-        for event in self.consumer.context().take_events() {
-            if let GroupEvent::Revoked(parts) = event {
-                for p in parts {
-                    self.progress.remove(&p);
-                    self.paused.remove(&p);
-                }
+    /// A record was taken: deliver it (or act on a revoke).
+    fn start(&mut self, fire: FireRecord) {
+        let (partition, offset) = (fire.partition, fire.offset);
+        let epoch = self.track(partition, offset);
+        if let Some(id) = &fire.revokes {
+            // Same key, so it follows the fire it revokes; a fire already
+            // being called is not stopped.
+            if let Some((_, _, token)) = self.held.get(id) {
+                token.cancel();
             }
+            self.finished(Finished {
+                partition,
+                epoch,
+                offset,
+                settled: Settled::Done(None),
+                id: None,
+            });
+            return;
         }
+        let revoked = CancellationToken::new();
+        let id = fire.timer.as_ref().ok().map(|spec| spec.id.clone());
+        if let Some(id) = &id {
+            self.held
+                .insert(id.clone(), (partition, offset, revoked.clone()));
+        }
+        let abandon = self.tracks[&partition].abandon.clone();
+        let delivery = self.delivery.clone();
+        let done_tx = self.done_tx.clone();
+        tokio::spawn(async move {
+            let settled = delivery.deliver(fire, &abandon, &revoked).await;
+            let _ = done_tx.send(Finished {
+                partition,
+                epoch,
+                offset,
+                settled,
+                id,
+            });
+        });
     }
 
-    /// A record was taken; returns its partition's epoch.
-    fn start(&mut self, partition: i32, offset: i64) -> u64 {
+    /// Records `offset` as taken; returns its partition's epoch.
+    fn track(&mut self, partition: i32, offset: i64) -> u64 {
         self.running += 1;
         let next_epoch = &mut self.next_epoch;
-        let track = self.progress.entry(partition).or_insert_with(|| {
+        let track = self.tracks.entry(partition).or_insert_with(|| {
             *next_epoch += 1;
-            PartitionProgress::new(*next_epoch)
+            Track {
+                progress: PartitionProgress::new(*next_epoch),
+                abandon: CancellationToken::new(),
+            }
         });
-        track.start(offset);
+        track.progress.start(offset);
         let (epoch, full) = (
-            track.epoch,
-            track.in_flight() >= self.config.max_in_flight_per_partition,
+            track.progress.epoch,
+            track.progress.in_flight() >= self.config.max_in_flight_per_partition,
         );
         if full && self.paused.insert(partition) {
             self.pause_or_resume(partition, true);
@@ -295,17 +308,19 @@ impl Dispatcher {
                 self.held.remove(id);
             }
         }
-        let Settled::Done(output) = done.settled else {
+        let Some(track) = self.tracks.get_mut(&done.partition) else {
             return;
         };
-        let Some(track) = self.progress.get_mut(&done.partition) else {
-            return;
-        };
-        if track.epoch != done.epoch || !track.finish(done.offset, output) {
+        if track.progress.epoch != done.epoch {
             return;
         }
-        let has_room = track.in_flight() < self.config.max_in_flight_per_partition;
-        if has_room && self.paused.remove(&done.partition) {
+        let finished = match done.settled {
+            Settled::Done(output) => track.progress.finish(done.offset, output),
+            // Not delivered: the commit point stays before it.
+            Settled::Abandoned => track.progress.abandon(done.offset),
+        };
+        let has_room = track.progress.in_flight() < self.config.max_in_flight_per_partition;
+        if finished && has_room && self.paused.remove(&done.partition) {
             self.pause_or_resume(done.partition, false);
         }
     }
@@ -323,8 +338,82 @@ impl Dispatcher {
         }
     }
 
-    /// The next transaction: every partition whose commit point moved, with
-    /// the outputs of the records it passes. None if nothing moved.
+    /// `partitions` are being revoked: wait for their calls, then commit.
+    fn begin_handover(&mut self, partitions: Vec<i32>, done: std_mpsc::SyncSender<()>) {
+        self.handovers.push(Handover {
+            partitions,
+            done,
+            deadline: Instant::now() + self.config.shutdown_grace,
+        });
+    }
+
+    /// Handovers past their deadline give up their partitions' waits (the
+    /// calls already made still finish).
+    fn abandon_overdue(&mut self) {
+        let now = Instant::now();
+        for h in self.handovers.iter().filter(|h| h.deadline <= now) {
+            for p in &h.partitions {
+                if let Some(track) = self.tracks.get(p) {
+                    tracing::warn!(partition = p, in_flight = track.progress.in_flight(),
+                        "handover grace over; what is still waiting is re-delivered by the next owner");
+                    track.abandon.cancel();
+                }
+            }
+        }
+    }
+
+    /// Starts a commit for handovers whose partitions are idle, if none runs.
+    fn advance_handovers(&mut self) {
+        if self.commit_task.is_some() || self.handovers.is_empty() {
+            return;
+        }
+        let idle = |d: &Dispatcher, h: &Handover| {
+            h.partitions
+                .iter()
+                .all(|p| d.tracks.get(p).is_none_or(|t| t.progress.in_flight() == 0))
+        };
+        let (ready, waiting): (Vec<Handover>, Vec<Handover>) = std::mem::take(&mut self.handovers)
+            .into_iter()
+            .partition(|h| idle(self, h));
+        self.handovers = waiting;
+        if ready.is_empty() {
+            return;
+        }
+        self.committing_handovers = ready;
+        self.start_commit();
+        if self.commit_task.is_none() {
+            self.finish_handovers(); // nothing to commit
+        }
+    }
+
+    /// Hands the partitions of committed handovers on: their state goes,
+    /// and librdkafka may let them go.
+    fn finish_handovers(&mut self) {
+        for h in std::mem::take(&mut self.committing_handovers) {
+            for p in &h.partitions {
+                self.tracks.remove(p);
+                self.paused.remove(p);
+            }
+            let _ = h.done.send(());
+        }
+    }
+
+    /// Starts the next transaction: every partition whose commit point
+    /// moved, with the outputs of the records it passes. Nothing if none moved.
+    fn start_commit(&mut self) {
+        let Some(mut committer) = self.committer.take() else {
+            return;
+        };
+        let Some(batch) = self.next_batch() else {
+            self.committer = Some(committer);
+            return;
+        };
+        self.commit_task = Some(tokio::task::spawn_blocking(move || {
+            let result = committer.commit(&batch);
+            (committer, batch, result)
+        }));
+    }
+
     fn next_batch(&mut self) -> Option<CommitBatch> {
         let group = self.consumer.group_metadata()?;
         let mut batch = CommitBatch {
@@ -332,13 +421,13 @@ impl Dispatcher {
             outputs: Vec::new(),
             group,
         };
-        for (&p, track) in self.progress.iter_mut() {
-            if let Some(point) = track.commit_point() {
+        for (&p, track) in self.tracks.iter_mut() {
+            if let Some(point) = track.progress.commit_point() {
                 batch.offsets.push((p, point));
                 batch.outputs.push(PartitionOutputs {
                     partition: p,
-                    epoch: track.epoch,
-                    records: track.take_outputs_before(point),
+                    epoch: track.progress.epoch,
+                    records: track.progress.take_outputs_before(point),
                 });
             }
         }
@@ -346,26 +435,27 @@ impl Dispatcher {
     }
 
     /// A transaction ended: record the new commit points, or put its outputs
-    /// back for the next one.
+    /// back for the next one; then answer the handovers it carried.
     fn commit_done(
         &mut self,
         joined: Result<(Committer, CommitBatch, anyhow::Result<()>), tokio::task::JoinError>,
-    ) -> anyhow::Result<Committer> {
+    ) -> anyhow::Result<()> {
         let (committer, batch, result) = joined?;
+        self.committer = Some(committer);
         match result {
             Ok(()) => {
                 for (p, point) in batch.offsets {
-                    if let Some(track) = self.progress.get_mut(&p) {
-                        track.committed(point);
+                    if let Some(track) = self.tracks.get_mut(&p) {
+                        track.progress.committed(point);
                     }
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "commit failed; retrying with the next batch");
                 for outputs in batch.outputs {
-                    match self.progress.get_mut(&outputs.partition) {
-                        Some(track) if track.epoch == outputs.epoch => {
-                            track.restore_outputs(outputs.records)
+                    match self.tracks.get_mut(&outputs.partition) {
+                        Some(track) if track.progress.epoch == outputs.epoch => {
+                            track.progress.restore_outputs(outputs.records)
                         }
                         // Given away meanwhile: the next owner settles them anew.
                         _ => {}
@@ -373,6 +463,7 @@ impl Dispatcher {
                 }
             }
         }
-        Ok(committer)
+        self.finish_handovers();
+        Ok(())
     }
 }

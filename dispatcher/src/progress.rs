@@ -12,6 +12,9 @@ pub struct PartitionProgress<T> {
     /// Tells this assignment's records from those of an earlier one.
     pub epoch: u64,
     in_flight: BTreeSet<i64>,
+    /// The lowest record given up on (not delivered): nothing at or after it
+    /// is committed, so the next owner delivers it.
+    abandoned: Option<i64>,
     next_unseen: i64,
     /// Outputs of finished records not yet committed, by offset.
     outputs: BTreeMap<i64, T>,
@@ -23,6 +26,7 @@ impl<T> PartitionProgress<T> {
         PartitionProgress {
             epoch,
             in_flight: BTreeSet::new(),
+            abandoned: None,
             next_unseen: 0,
             outputs: BTreeMap::new(),
             committed: None,
@@ -47,6 +51,17 @@ impl<T> PartitionProgress<T> {
         true
     }
 
+    /// A record was given up on (its partition is handed over before it
+    /// was delivered): no longer in flight, and the commit point stays
+    /// before it. False if it was not in flight.
+    pub fn abandon(&mut self, offset: i64) -> bool {
+        if !self.in_flight.remove(&offset) {
+            return false;
+        }
+        self.abandoned = Some(self.abandoned.map_or(offset, |a| a.min(offset)));
+        true
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
@@ -56,7 +71,12 @@ impl<T> PartitionProgress<T> {
         if self.next_unseen == 0 {
             return None;
         }
-        let point = self.in_flight.first().copied().unwrap_or(self.next_unseen);
+        let point = self
+            .in_flight
+            .first()
+            .copied()
+            .unwrap_or(self.next_unseen)
+            .min(self.abandoned.unwrap_or(i64::MAX));
         (self.committed < Some(point)).then_some(point)
     }
 
@@ -102,6 +122,20 @@ mod tests {
             "all done: commit past the highest"
         );
         assert!(!p.finish(10, None), "finishing twice is ignored");
+    }
+
+    #[test]
+    fn an_abandoned_record_holds_the_commit_point_back() {
+        let mut p = PartitionProgress::<()>::new(0);
+        for o in 0..4 {
+            p.start(o);
+        }
+        assert!(p.finish(0, None));
+        assert!(p.abandon(1));
+        assert!(p.finish(2, None));
+        assert!(p.finish(3, None));
+        assert_eq!(p.in_flight(), 0, "nothing waits any more");
+        assert_eq!(p.commit_point(), Some(1), "but 1 was not delivered");
     }
 
     #[test]

@@ -25,6 +25,17 @@ use tokio_util::sync::CancellationToken;
 /// fire and calls on time.
 pub const DEFAULT_LEAD: Duration = Duration::from_millis(200);
 
+/// How soon a dead member's partitions move, by default: short, for a quick
+/// takeover, yet several heartbeats (a third of it) long, so a busy machine
+/// or a broker's garbage collection does not expel a live member. Below 6 s
+/// the brokers' `group.min.session.timeout.ms` must be lowered to allow it.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a dead owner's open transaction holds back readers (and so the
+/// next owner's rebuild) before the broker aborts it, by default: no longer
+/// than the session timeout, so a takeover is not held up by it.
+pub const DEFAULT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Everything an engine instance needs to know.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -43,6 +54,8 @@ pub struct EngineConfig {
     pub lead: Duration,
     /// Consumer-group session timeout: how soon a dead engine's partitions move.
     pub session_timeout: Duration,
+    /// Join the group as a static member (`group.instance.id` = instance id).
+    pub static_membership: bool,
     /// How long an abandoned transaction blocks readers before the broker
     /// aborts it; also the deadline of each transactional call.
     pub transaction_timeout: Duration,
@@ -70,8 +83,9 @@ impl EngineConfig {
             instance_id: uuid::Uuid::new_v4().simple().to_string(),
             tick: Duration::from_millis(10),
             lead: DEFAULT_LEAD,
-            session_timeout: Duration::from_secs(10),
-            transaction_timeout: Duration::from_secs(10),
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
+            static_membership: false,
+            transaction_timeout: DEFAULT_TRANSACTION_TIMEOUT,
             stall_timeout: Duration::from_secs(1),
             rebuild_timeout: Duration::from_secs(300),
             finished_retention: Duration::from_secs(3600),

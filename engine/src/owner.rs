@@ -101,15 +101,19 @@ enum Committed {
 
 impl Owner {
     pub fn new(config: EngineConfig, status: EngineStatus) -> anyhow::Result<Self> {
-        let consumer: BaseConsumer<GroupContext> = chime_kafka::group_member_config(
+        let mut settings = chime_kafka::group_member_config(
             &config.bootstrap,
             &config.client_id(),
             &config.group_id,
             config.session_timeout,
-        )
+        );
         // End of partition marks a partition caught up (see `collect`).
-        .set("enable.partition.eof", "true")
-        .create_with_context(GroupContext::new(&config.topics.timers, "engine"))?;
+        settings.set("enable.partition.eof", "true");
+        if config.static_membership {
+            settings.set("group.instance.id", &config.instance_id);
+        }
+        let consumer: BaseConsumer<GroupContext> =
+            settings.create_with_context(GroupContext::new(&config.topics.timers, "engine"))?;
         let mut txn = transactional_producer(&config);
         // Fences an earlier process with this instance id before we join.
         txn.init()?;
@@ -183,7 +187,7 @@ impl Owner {
                     });
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => self.mark_caught_up(p),
-                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                Some(Err(e)) => self.consumer_error(e)?,
             }
         }
     }
@@ -250,6 +254,20 @@ impl Owner {
             .filter(|r| r.partition == p)
             .fold(applied, |end, r| end.max(r.offset + 1));
         self.end_of_input.insert(p, end);
+    }
+
+    /// A consumer error: logged, unless it means the engine can never join.
+    fn consumer_error(&self, e: KafkaError) -> anyhow::Result<()> {
+        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::InvalidSessionTimeout) {
+            anyhow::bail!(
+                "the brokers refuse a session timeout of {:?} (CHIME_SESSION_TIMEOUT_MS): it is \
+                 outside their group.min.session.timeout.ms / group.max.session.timeout.ms; \
+                 raise CHIME_SESSION_TIMEOUT_MS or lower the brokers' minimum (docs/operations.md)",
+                self.config.session_timeout
+            );
+        }
+        tracing::warn!(error = %e, "consumer error");
+        Ok(())
     }
 
     /// librdkafka reports the end of a partition once per offset, so a

@@ -189,10 +189,20 @@ pub async fn ensure_topics(bootstrap: &str, topics: &Topics, layout: Layout) -> 
             }
         }
     }
-    let view = inspect(bootstrap, topics).await?;
-    let problems = view.problems(topics, Some(layout));
-    anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
-    Ok(())
+    // A topic just created shows in the metadata a moment later.
+    let deadline = std::time::Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        let view = inspect(bootstrap, topics).await?;
+        let problems = view.problems(topics, Some(layout));
+        let settling = !new.is_empty()
+            && view.topics.iter().any(|(_, s)| s.is_none())
+            && std::time::Instant::now() < deadline;
+        if !settling {
+            anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Checks that `topics` exist and are laid out as chime needs; at every

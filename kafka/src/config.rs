@@ -10,7 +10,11 @@ pub fn client_config(bootstrap: &str, client_id: &str) -> ClientConfig {
     c.set("bootstrap.servers", bootstrap)
         .set("client.id", client_id)
         // Loopback and small clusters: notice a dead broker quickly.
-        .set("socket.keepalive.enable", "true");
+        .set("socket.keepalive.enable", "true")
+        // Reconnect to a broker that comes back within a second, not the
+        // default ten: callbacks resume promptly after an outage.
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "1000");
     // librdkafka's own debug contexts (e.g. "cgrp,eos"), for diagnosing a live system.
     if let Ok(contexts) = std::env::var("CHIME_KAFKA_DEBUG") {
         c.set("debug", contexts);
