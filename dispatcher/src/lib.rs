@@ -214,7 +214,7 @@ pub async fn serve(config: DispatcherConfig, shutdown: CancellationToken) -> any
             }
             _ = commit_tick.tick(), if d.commit_task.is_none() => d.start_commit(),
             event = polled.recv() => match event {
-                Some(Polled::Record(fire)) => d.start(fire),
+                Some(Polled::Record(fire)) => d.start(*fire),
                 Some(Polled::Assigned(_)) => {}
                 Some(Polled::Revoking { partitions, done }) => d.begin_handover(partitions, done),
                 Some(Polled::Stopped) | None => break,

@@ -24,7 +24,7 @@ use crate::DispatcherConfig;
 
 /// What the consumer thread reports to the dispatcher's loop.
 pub enum Polled {
-    Record(FireRecord),
+    Record(Box<FireRecord>),
     Assigned(Vec<i32>),
     /// These partitions are being revoked: finish or give up their calls,
     /// commit, then answer on `done`.
@@ -115,14 +115,14 @@ fn poll_until_stopped(
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
-            Some(Ok(m)) => {
+            Some(Ok(m))
                 if events
-                    .send(Polled::Record(FireRecord::from_message(&m)))
-                    .is_err()
-                {
-                    break; // the loop is gone
-                }
+                    .send(Polled::Record(Box::new(FireRecord::from_message(&m))))
+                    .is_err() =>
+            {
+                break; // the loop is gone
             }
+            Some(Ok(_)) => {}
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => tracing::warn!(error = %e, "dispatcher consumer error"),
         }
