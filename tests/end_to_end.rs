@@ -373,3 +373,40 @@ async fn cancel_inside_the_lead_revokes_the_held_fire() {
     );
     chime.stop().await;
 }
+
+/// Read-your-writes: a status asked right after the 201 finds the timer,
+/// though the engine applies the create a few milliseconds later (it used to
+/// answer 404 in 28 of 30 tries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_is_found_right_after_its_create() {
+    let mut probe = Receiver::start().await;
+    let chime = Chime::start("read-your-writes", &mut probe).await;
+    let http = reqwest::Client::new();
+    for i in 0..30 {
+        let id = format!("ryw-{i}");
+        let (status, body) = chime
+            .post(
+                "/v1/timers",
+                serde_json::json!({"id": id, "delay_ms": 600_000,
+                    "callback": {"url": probe.url("/never")}}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        for path in [format!("/v1/timers/{id}"), format!("/timers/{id}")] {
+            let answer = http
+                .get(format!("{}{path}", chime.api))
+                .send()
+                .await
+                .expect("ingest answers");
+            assert_eq!(answer.status(), 200, "GET {path} right after the create");
+        }
+    }
+    // An id never created is still a 404 (after the engine caught up).
+    let answer = http
+        .get(format!("{}/v1/timers/never-created", chime.api))
+        .send()
+        .await
+        .expect("ingest answers");
+    assert_eq!(answer.status(), 404);
+    chime.stop().await;
+}

@@ -253,6 +253,10 @@ impl Owner {
             .chain(self.held.iter())
             .filter(|r| r.partition == p)
             .fold(applied, |end, r| end.max(r.offset + 1));
+        let unapplied = self.inbox.iter().any(|r| r.partition == p);
+        if let (Some(state), false) = (owned.live.get_mut(&p), unapplied) {
+            state.input_end = Some(end); // else set once the inbox is applied
+        }
         self.end_of_input.insert(p, end);
     }
 
@@ -439,6 +443,11 @@ impl Owner {
                     Some(state) => state.apply(&rec, now, source),
                     None if self.rebuilding.contains_key(&rec.partition) => self.held.push(rec),
                     None => {} // revoked while waiting in the inbox
+                }
+            }
+            for (p, end) in &self.end_of_input {
+                if let Some(state) = owned.live.get_mut(p) {
+                    state.input_end = Some(*end);
                 }
             }
             let stalled_now = Instant::now();

@@ -38,6 +38,10 @@ pub struct PartitionState {
     /// The input has been read to its end since the partition was loaded.
     /// Until then nothing fires: a cancel of a due timer may still be unread.
     pub caught_up: bool,
+    /// Where the consumer last reported the end of the input. Records are
+    /// applied in order, so once the inbox is applied every record before it
+    /// is too (skipped aborted records and transaction markers included).
+    pub input_end: Option<i64>,
     /// Records owed to Kafka for changes already made here, oldest first.
     /// They leave only when a transaction that carries them (with
     /// `next_offset`) commits; a failed transaction leaves them for the next.
@@ -57,6 +61,7 @@ impl PartitionState {
             next_offset,
             finished,
             caught_up: false,
+            input_end: None,
             outputs: Vec::new(),
         }
     }
@@ -168,6 +173,14 @@ impl PartitionState {
             });
         }
         fired
+    }
+
+    /// Every input record before this offset is applied (as far as is known).
+    pub fn applied_through(&self) -> Option<i64> {
+        match (self.next_offset, self.input_end) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// When the earliest pending timer is due (unix ms), if this partition

@@ -161,7 +161,9 @@ impl EngineStatus {
             Some(Finish::Cancelled { cancelled_at_ms }) => {
                 TimerStatus::Cancelled { cancelled_at_ms }
             }
-            None => TimerStatus::Unknown,
+            None => TimerStatus::Unknown {
+                applied_through: state.applied_through(),
+            },
         }
     }
 

@@ -366,10 +366,13 @@ pub async fn schedule(state: &AppState, timer: NewTimer) -> Result<TimerCreated,
 
 /// The due time of the pending timer `timer` repeats, if it does.
 async fn pending_duplicate(state: &AppState, timer: &NewTimer) -> Option<u64> {
-    let status = tokio::time::timeout(DUPLICATE_CHECK_BUDGET, state.lookup.status(&timer.spec.id))
-        .await
-        .ok()?
-        .ok()?;
+    let status = tokio::time::timeout(
+        DUPLICATE_CHECK_BUDGET,
+        state.lookup.status_now(&timer.spec.id),
+    )
+    .await
+    .ok()?
+    .ok()?;
     let TimerStatus::Pending { fire_at_ms, spec } = status else {
         return None;
     };
@@ -438,7 +441,7 @@ pub async fn timer_status(
             answer.state = TimerStateName::Cancelled;
             answer.cancelled_at = Some(format_ms(cancelled_at_ms));
         }
-        TimerStatus::Unknown | TimerStatus::NotOwned | TimerStatus::Loading => {
+        TimerStatus::Unknown { .. } | TimerStatus::NotOwned | TimerStatus::Loading => {
             return Err(not_found(&answer.id))
         }
     }

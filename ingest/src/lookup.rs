@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
@@ -21,6 +21,9 @@ use crate::IngestConfig;
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(2);
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for an owner to apply the input written before a question.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
+const SETTLE_POLL: Duration = Duration::from_millis(3);
 
 pub struct TimerLookup {
     local: Option<Arc<dyn StatusSource>>,
@@ -39,7 +42,11 @@ impl TimerLookup {
         local: Option<Arc<dyn StatusSource>>,
     ) -> anyhow::Result<Self> {
         let client: BaseConsumer =
-            chime_kafka::client_config(&config.bootstrap, "chime-ingest-lookup").create()?;
+            chime_kafka::client_config(&config.bootstrap, "chime-ingest-lookup")
+                // The end of a partition is then its last stable offset: the
+                // end of what engines can read.
+                .set("isolation.level", "read_committed")
+                .create()?;
         Ok(TimerLookup {
             local,
             client: Arc::new(client),
@@ -55,9 +62,54 @@ impl TimerLookup {
     }
 
     /// The engine-side state of `id`: `Pending`, `Fired`, `Cancelled` or
-    /// `Unknown`; 503 while its partition is loading or its owner cannot be found.
+    /// `Unknown`; 503 while its partition is loading or its owner cannot be
+    /// found. `Unknown` only once the owner has applied every input record
+    /// written before the question (read-your-writes: a timer whose create
+    /// was acknowledged is never reported unknown), waiting up to
+    /// [`SETTLE_TIMEOUT`] for it.
     pub async fn status(&self, id: &str) -> Result<TimerStatus, ApiError> {
         let partition = self.partition_of(id).await?;
+        let mut answer = self.status_in(partition, id).await?;
+        let TimerStatus::Unknown { applied_through } = answer else {
+            return Ok(answer);
+        };
+        let Some(end) = self.input_end(partition).await else {
+            return Ok(answer); // cannot tell: the engine's answer stands
+        };
+        let started = Instant::now();
+        let mut applied = applied_through.unwrap_or(0);
+        while applied < end && started.elapsed() < SETTLE_TIMEOUT {
+            tokio::time::sleep(SETTLE_POLL).await;
+            answer = self.status_in(partition, id).await?;
+            match answer {
+                TimerStatus::Unknown { applied_through } => applied = applied_through.unwrap_or(0),
+                _ => return Ok(answer),
+            }
+        }
+        Ok(answer)
+    }
+
+    /// The engine-side state of `id` as its owner knows it right now, even
+    /// if input written just before is not applied yet.
+    pub async fn status_now(&self, id: &str) -> Result<TimerStatus, ApiError> {
+        let partition = self.partition_of(id).await?;
+        self.status_in(partition, id).await
+    }
+
+    /// The end of partition `partition` of the input (its last stable offset).
+    async fn input_end(&self, partition: i32) -> Option<i64> {
+        let client = self.client.clone();
+        let topic = self.timers_topic.clone();
+        tokio::task::spawn_blocking(move || {
+            client.fetch_watermarks(&topic, partition, KAFKA_TIMEOUT)
+        })
+        .await
+        .ok()?
+        .ok()
+        .map(|(_, high)| high)
+    }
+
+    async fn status_in(&self, partition: i32, id: &str) -> Result<TimerStatus, ApiError> {
         if let Some(local) = &self.local {
             match local.timer(partition, id) {
                 TimerStatus::NotOwned => {}

@@ -27,8 +27,12 @@ pub enum TimerStatus {
     NotOwned,
     /// The partition is being rebuilt; ask again shortly.
     Loading,
-    /// Owned and live, but never seen or already forgotten.
-    Unknown,
+    /// Owned and live, but never seen or already forgotten — as of input
+    /// offset `applied_through`: every input record before it is applied.
+    /// A record written later (the create a client just got a 201 for) may
+    /// not be, so the asker compares it with the partition's end before
+    /// concluding the timer does not exist.
+    Unknown { applied_through: Option<i64> },
     /// Waiting for its time; `spec` is the schedule command's JSON.
     Pending { fire_at_ms: u64, spec: String },
     /// Fired: released to the dispatchers, effective at `fired_at_ms` (its
