@@ -26,6 +26,11 @@ pub struct EngineProcess {
 
 impl EngineProcess {
     pub fn spawn(prefix: &str, instance: &str) -> EngineProcess {
+        EngineProcess::spawn_with(prefix, instance, &[])
+    }
+
+    /// [`EngineProcess::spawn`] with extra environment (`CHIME_*` settings).
+    pub fn spawn_with(prefix: &str, instance: &str, env: &[(&str, &str)]) -> EngineProcess {
         let log_dir = std::env::temp_dir().join("chime-test-logs");
         let _ = std::fs::create_dir_all(&log_dir);
         let log: PathBuf = log_dir.join(format!("{prefix}-{instance}.log"));
@@ -45,6 +50,7 @@ impl EngineProcess {
                 &SESSION_TIMEOUT_MS.to_string(),
             ])
             .env("CHIME_KAFKA_BOOTSTRAP", bootstrap())
+            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("CHIME_TEST_ENGINE_LOG")
