@@ -13,6 +13,13 @@ use chime_engine::EngineConfig;
 use chime_ingest::IngestConfig;
 use chime_wire::Topics;
 
+/// mimalloc: size classes close together (a 282-byte timer record takes 288
+/// bytes, not glibc's 304), no per-allocation header, and freed pages go
+/// back to the system, so memory per pending timer stays near the record's
+/// size, also after a rebuild.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// chime: a durable timer service on Kafka.
 #[derive(Parser)]
 #[command(version, about)]

@@ -9,6 +9,7 @@ pub mod output;
 pub mod owner;
 pub mod partition;
 pub mod rebuild;
+pub mod record;
 pub mod status;
 pub mod status_server;
 

@@ -3,13 +3,15 @@
 
 use bytes::Bytes;
 use chime_kafka::{OutRecord, Transactional, TxnError};
+
+use crate::record::TimerRecord;
 use chime_wire::{ChangelogRecord, Finished, Fire, HeaderList, Revoke, Topics};
 
 /// One state change's records. All of a partition's outputs go to its own
 /// partition of every topic (the fires topic is keyed by timer id, and has
 /// as many partitions as the input), so a partition whose leader is away
 /// holds up only its own transaction work.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Output {
     /// Scheduled: the changelog's pending record.
     Pending {
@@ -20,10 +22,9 @@ pub enum Output {
     /// Fired at `emitted_at_ms`: the fire record, and the changelog
     /// tombstone that says it fired.
     Fired {
-        id: Bytes,
+        timer: TimerRecord,
         fire_at_ms: u64,
         emitted_at_ms: u64,
-        command: Bytes,
     },
     /// Cancelled: the changelog tombstone.
     Cancelled { id: Bytes },
@@ -65,16 +66,16 @@ impl Output {
                 txn.send(partition, changelog(topics, partition, id, record))
             }
             Output::Fired {
-                id,
+                timer,
                 fire_at_ms,
                 emitted_at_ms,
-                command,
             } => {
+                let id = timer.id();
                 let fire = OutRecord {
                     topic: &topics.fires,
                     partition: None, // murmur2 of the id, as on the input topic
                     key: Some(id),
-                    value: Some(command),
+                    value: Some(timer.command()),
                     headers: Fire::headers(*fire_at_ms, *emitted_at_ms),
                 };
                 txn.send(partition, fire)?;

@@ -39,6 +39,7 @@ use chime_wire::time::now_ms;
 use crate::output::Output;
 use crate::partition::InputRecord;
 use crate::rebuild::{self, Rebuilt};
+use crate::record::TimerRecord;
 use crate::status::EngineStatus;
 use crate::EngineConfig;
 
@@ -89,7 +90,7 @@ pub struct Owner {
     last_commit: Instant,
     retry_backoff: Duration,
     last_catch_up_check: Instant,
-    expired: Vec<Expired<Bytes, Bytes>>,
+    expired: Vec<Expired<TimerRecord, ()>>,
 }
 
 /// What the commit phase did.

@@ -9,10 +9,12 @@ use chime_wheel::{Expired, TimingWheel};
 use chime_wire::{lossy, DeadLetter, TimerCommand};
 
 use crate::output::Output;
+use crate::record::TimerRecord;
 use crate::status::{Finish, FinishedTimers};
 
-/// Pending timers of one partition: id → (due time, the schedule command's bytes).
-pub type TimerWheel = TimingWheel<Bytes, Bytes>;
+/// Pending timers of one partition, each a [`TimerRecord`] (id and schedule
+/// command) due at its deadline.
+pub type TimerWheel = TimingWheel<TimerRecord, ()>;
 
 /// An input record copied out of the consumer, waiting to be applied.
 #[derive(Debug, Clone)]
@@ -82,7 +84,7 @@ impl PartitionState {
                 self.revoke_early_fire(id, now);
                 self.finished.forget(id);
                 self.wheel
-                    .schedule(id.clone(), spec.fire_at_ms, command.clone());
+                    .schedule(TimerRecord::new(id, command), spec.fire_at_ms, ());
                 self.outputs.push(Output::Pending {
                     id: id.clone(),
                     fire_at_ms: spec.fire_at_ms,
@@ -91,7 +93,7 @@ impl PartitionState {
             }
             Ok(TimerCommand::Cancel { id }) => {
                 let id = Bytes::from(id.into_bytes());
-                if self.wheel.cancel(&id).is_none() && !self.revoke_early_fire(&id, now) {
+                if self.wheel.cancel(&id[..]).is_none() && !self.revoke_early_fire(&id, now) {
                     return; // fired already, or never seen
                 }
                 self.finished.record(
@@ -145,7 +147,7 @@ impl PartitionState {
         &mut self,
         now: u64,
         lead: u64,
-        scratch: &mut Vec<Expired<Bytes, Bytes>>,
+        scratch: &mut Vec<Expired<TimerRecord, ()>>,
     ) -> usize {
         if !self.caught_up {
             return 0; // a cancel for a due timer may still be unread
@@ -159,17 +161,16 @@ impl PartitionState {
             // A fire emitted ahead takes effect at its due time.
             let fired_at_ms = now.max(fire.deadline);
             self.finished.record(
-                &fire.id,
+                fire.id.id(),
                 Finish::Fired {
                     fire_at_ms: fire.deadline,
                     fired_at_ms,
                 },
             );
             self.outputs.push(Output::Fired {
-                id: fire.id,
+                timer: fire.id,
                 fire_at_ms: fire.deadline,
                 emitted_at_ms: now,
-                command: fire.payload,
             });
         }
         fired

@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -25,6 +24,7 @@ use chime_kafka::MessageHeaders;
 use chime_wire::{ChangelogRecord, Finished};
 
 use crate::partition::{PartitionState, TimerWheel};
+use crate::record::TimerRecord;
 use crate::status::{Finish, FinishedTimers};
 use crate::EngineConfig;
 
@@ -48,6 +48,7 @@ pub fn spawn(config: &EngineConfig, id: u64, partitions: Vec<i32>, done: mpsc::S
         .spawn(move || {
             let started = Instant::now();
             let result = rebuild(&config, &partitions);
+            release_freed_memory();
             let _ = done.send(Rebuilt {
                 id,
                 partitions,
@@ -57,6 +58,19 @@ pub fn spawn(config: &EngineConfig, id: u64, partitions: Vec<i32>, done: mpsc::S
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start a rebuild thread");
+    }
+}
+
+/// Gives librdkafka's freed fetch buffers back to the system: a rebuild
+/// reads the whole changelog through them, and glibc would otherwise keep
+/// that memory, so the engine's footprint after a rebuild would exceed the
+/// one before it for the same timers. (chime's own allocations use mimalloc,
+/// which returns freed pages by itself; librdkafka is C and uses malloc.)
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -133,6 +147,8 @@ fn load(
     .set("enable.partition.eof", "true")
     .set("fetch.max.bytes", "52428800")
     .set("max.partition.fetch.bytes", "10485760")
+    // Bounds what the reader buffers ahead of the rebuild (default 64 MiB).
+    .set("queued.max.messages.kbytes", "32768")
     .create_with_context(QuietEof)?;
     let mut tpl = TopicPartitionList::new();
     for &p in partitions {
@@ -168,7 +184,7 @@ fn load(
                 };
                 match ChangelogRecord::decode(m.payload(), &MessageHeaders(&m)) {
                     Ok(ChangelogRecord::Finished(finished_as)) => {
-                        wheel.cancel(&Bytes::copy_from_slice(id.as_bytes()));
+                        wheel.cancel(id.as_bytes());
                         if let Some(finish) = finished_as.and_then(|f| finish_at(f, &m)) {
                             finished.record(id.as_bytes(), finish);
                         }
@@ -177,11 +193,7 @@ fn load(
                         fire_at_ms,
                         command,
                     }) => {
-                        wheel.schedule(
-                            Bytes::copy_from_slice(id.as_bytes()),
-                            fire_at_ms,
-                            Bytes::copy_from_slice(command),
-                        );
+                        wheel.schedule(TimerRecord::new(id.as_bytes(), command), fire_at_ms, ());
                         finished.forget(id.as_bytes());
                     }
                     Err(e) => {

@@ -10,7 +10,6 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
 use chime_wire::{StatusSource, TimerStatus};
 
 use crate::partition::PartitionState;
@@ -143,11 +142,10 @@ impl EngineStatus {
         if !state.caught_up {
             return TimerStatus::Loading;
         }
-        let key = Bytes::copy_from_slice(id.as_bytes());
-        if let Some((fire_at_ms, spec)) = state.wheel.get(&key) {
+        if let Some((timer, fire_at_ms, ())) = state.wheel.get_entry(id.as_bytes()) {
             return TimerStatus::Pending {
                 fire_at_ms,
-                spec: String::from_utf8_lossy(spec).into_owned(),
+                spec: String::from_utf8_lossy(timer.command()).into_owned(),
             };
         }
         match state.finished.get(id.as_bytes()) {

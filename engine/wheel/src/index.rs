@@ -17,6 +17,7 @@
 //! each rebuild is O(arena) and leaves room for as many inserts as there
 //! are pending timers, so it is amortised O(1) per insert.
 
+use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 
 use hashbrown::hash_table::{Entry, HashTable};
@@ -41,14 +42,19 @@ impl Index {
         }
     }
 
-    pub(crate) fn hash<K: Hash>(&self, key: &K) -> u64 {
+    pub(crate) fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
         self.hasher.hash_one(key)
     }
 
     /// The arena index of pending timer `key`, whose hash is `hash`.
-    pub(crate) fn find<K: Eq, V>(&self, arena: &Arena<K, V>, hash: u64, key: &K) -> Option<u32> {
+    pub(crate) fn find<K: Borrow<Q>, Q: Eq + ?Sized, V>(
+        &self,
+        arena: &Arena<K, V>,
+        hash: u64,
+        key: &Q,
+    ) -> Option<u32> {
         self.table
-            .find(hash, |&idx| arena.key(idx) == Some(key))
+            .find(hash, |&idx| arena.key(idx).map(Borrow::borrow) == Some(key))
             .copied()
     }
 
@@ -98,11 +104,15 @@ impl Index {
     }
 
     /// Removes pending timer `key`, returning its arena index.
-    pub(crate) fn remove<K: Hash + Eq, V>(&mut self, arena: &Arena<K, V>, key: &K) -> Option<u32> {
+    pub(crate) fn remove<K: Borrow<Q>, Q: Hash + Eq + ?Sized, V>(
+        &mut self,
+        arena: &Arena<K, V>,
+        key: &Q,
+    ) -> Option<u32> {
         let hash = self.hash(key);
         let entry = self
             .table
-            .find_entry(hash, |&idx| arena.key(idx) == Some(key))
+            .find_entry(hash, |&idx| arena.key(idx).map(Borrow::borrow) == Some(key))
             .ok()?;
         Some(entry.remove().0)
     }

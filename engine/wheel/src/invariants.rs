@@ -12,7 +12,7 @@ use crate::list::{TimerList, STRIPES};
 use crate::overflow::epoch_of;
 use crate::TimingWheel;
 
-impl<K: Hash + Eq + Clone, V> TimingWheel<K, V> {
+impl<K: Hash + Eq, V> TimingWheel<K, V> {
     pub(crate) fn assert_invariants(&self) {
         let elapsed = self.elapsed;
         let mut linked = self.check_list(&self.due, |deadline| deadline < elapsed);

@@ -191,6 +191,7 @@ mod overflow;
 #[cfg(test)]
 mod invariants;
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::hash::Hash;
 
@@ -244,7 +245,7 @@ enum Event {
     Epoch { start: u64 },
 }
 
-impl<K: Hash + Eq + Clone, V> TimingWheel<K, V> {
+impl<K: Hash + Eq, V> TimingWheel<K, V> {
     /// An empty wheel whose time starts at `now`.
     pub fn new(now: u64) -> Self {
         TimingWheel {
@@ -267,7 +268,7 @@ impl<K: Hash + Eq + Clone, V> TimingWheel<K, V> {
     /// When `u32::MAX` timers are already pending (128 GiB of entries):
     /// arena indices are `u32`.
     pub fn schedule(&mut self, id: K, deadline: u64, payload: V) -> Option<V> {
-        let hash = self.index.hash(&id);
+        let hash = self.index.hash::<K>(&id);
         let idx = match self.index.entry(&self.arena, hash, &id) {
             IndexEntry::Occupied(occupied) => *occupied.get(),
             IndexEntry::Vacant(vacant) => {
@@ -283,7 +284,12 @@ impl<K: Hash + Eq + Clone, V> TimingWheel<K, V> {
             self.link(idx);
         }
         match &mut self.arena.entry_mut(idx).item {
-            Some((_, old)) => Some(std::mem::replace(old, payload)),
+            Some((old_id, old)) => {
+                // Equal ids, but the new one is kept: an id may carry more
+                // than its identity (the engine's ids carry the record).
+                *old_id = id;
+                Some(std::mem::replace(old, payload))
+            }
             None => unreachable!("index points at vacant arena slot {idx}"),
         }
     }
@@ -291,7 +297,11 @@ impl<K: Hash + Eq + Clone, V> TimingWheel<K, V> {
     /// Cancels pending timer `id`, returning its deadline and payload.
     /// Unknown ids (never scheduled, already expired or cancelled) are a
     /// no-op returning `None`.
-    pub fn cancel(&mut self, id: &K) -> Option<(u64, V)> {
+    pub fn cancel<Q>(&mut self, id: &Q) -> Option<(u64, V)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let idx = self.index.remove(&self.arena, id)?;
         self.unlink(idx);
         let (_, deadline, payload) = self.arena.remove(idx);
@@ -300,13 +310,27 @@ impl<K: Hash + Eq + Clone, V> TimingWheel<K, V> {
     }
 
     /// Deadline and payload of pending timer `id`.
-    pub fn get(&self, id: &K) -> Option<(u64, &V)> {
+    pub fn get<Q>(&self, id: &Q) -> Option<(u64, &V)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.get_entry(id)
+            .map(|(_, deadline, payload)| (deadline, payload))
+    }
+
+    /// The stored id, deadline and payload of pending timer `id`.
+    pub fn get_entry<Q>(&self, id: &Q) -> Option<(&K, u64, &V)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let idx = self.index.find(&self.arena, self.index.hash(id), id)?;
         let entry = self.arena.entry(idx);
         entry
             .item
             .as_ref()
-            .map(|(_, payload)| (entry.deadline, payload))
+            .map(|(key, payload)| (key, entry.deadline, payload))
     }
 
     /// Moves the wheel's time to `now` and appends to `expired` every timer
@@ -521,7 +545,7 @@ impl<K: Hash + Eq + Clone, V> TimingWheel<K, V> {
     }
 }
 
-impl<K: Hash + Eq + Clone, V> fmt::Debug for TimingWheel<K, V> {
+impl<K: Hash + Eq, V> fmt::Debug for TimingWheel<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TimingWheel")
             .field("now", &self.elapsed)
