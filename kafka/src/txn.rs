@@ -312,7 +312,11 @@ impl Deliveries {
                 state.outstanding.remove(&tag);
             }
         }
-        self.changed.notify_all();
+        // Waking the waiter for every record would cost a context switch
+        // each; it wakes when all are in, and checks progress on its own.
+        if state.outstanding.is_empty() {
+            self.changed.notify_all();
+        }
     }
 
     /// Waits until nothing is outstanding. Returns the tags still waiting
@@ -322,13 +326,14 @@ impl Deliveries {
         let started = Instant::now();
         let mut state = self.lock();
         let mut progress = (state.reported, Instant::now());
+        // Progress is looked at this often while records are outstanding.
+        let look = idle / 4;
         while !state.outstanding.is_empty() {
-            if state.reported != progress.0 {
-                progress = (state.reported, Instant::now());
-            }
             let now = Instant::now();
-            let idle_end = progress.1 + idle;
-            let end = idle_end.min(started + max);
+            if state.reported != progress.0 {
+                progress = (state.reported, now);
+            }
+            let end = (progress.1 + idle).min(started + max);
             if now >= end {
                 let mut tags: Vec<i32> = state.outstanding.keys().copied().collect();
                 tags.sort_unstable();
@@ -337,7 +342,7 @@ impl Deliveries {
             }
             state = self
                 .changed
-                .wait_timeout(state, end - now)
+                .wait_timeout(state, (end - now).min(look))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
