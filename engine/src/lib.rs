@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How far ahead of its due time a timer is emitted by default: enough to
 /// cover a transaction cycle and the read_committed visibility delay measured
-/// on a small machine (KAFKA-NOTES: p99 ≈ 100 ms), so the dispatcher holds the
+/// on a small machine (docs/kafka-notes.md: p99 ≈ 100 ms), so the dispatcher holds the
 /// fire and calls on time.
 pub const DEFAULT_LEAD: Duration = Duration::from_millis(200);
 

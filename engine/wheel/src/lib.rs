@@ -116,8 +116,9 @@
 //!
 //! The id index (`index.rs`) is a hashbrown table of `u32` arena indices
 //! that hashes and compares through the arena, so each id is stored once and
-//! the index costs 5 bytes per bucket. The arena grows by a quarter at a
-//! time, not by doubling, since its slack is resident memory.
+//! the index costs 5 bytes per bucket. A small arena (under 2^16 entries)
+//! doubles when it grows; a large one grows by a quarter at a time, since
+//! its slack is resident memory.
 //!
 //! When fewer than a quarter of the arena's slots are in use, the arena is
 //! compacted into a fresh allocation twice the size of what is pending and
@@ -181,6 +182,8 @@
 //! assert_eq!(wheel.cancel(&"a"), Some((1_500, "payload a")));
 //! assert!(wheel.is_empty());
 //! ```
+
+#![forbid(unsafe_code)]
 
 mod arena;
 mod index;
