@@ -13,6 +13,9 @@ use chime_engine::EngineConfig;
 use chime_ingest::IngestConfig;
 use chime_wire::Topics;
 
+/// The engine's transaction interval unless `CHIME_TICK_MS` says otherwise.
+const DEFAULT_TICK_MS: u64 = 10;
+
 /// chime: a durable timer service on Kafka.
 #[derive(Parser)]
 #[command(version, about)]
@@ -78,6 +81,10 @@ struct CheckArgs {
     /// The engines' lead (CHIME_LEAD_MS): fires this far ahead are not early.
     #[arg(long, env = "CHIME_LEAD_MS", default_value_t = chime_engine::DEFAULT_LEAD.as_millis() as u64)]
     lead_ms: u64,
+    /// The engines' transaction interval (CHIME_TICK_MS): with the lead, how
+    /// long after a cancel a fire of its timer may still be emitted.
+    #[arg(long, env = "CHIME_TICK_MS", default_value_t = DEFAULT_TICK_MS)]
+    tick_ms: u64,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -132,7 +139,7 @@ struct EngineArgs {
     #[arg(long, env = "CHIME_INSTANCE_ID")]
     instance_id: Option<String>,
     /// Transaction interval: the longest input waits before it is committed.
-    #[arg(long, env = "CHIME_TICK_MS", default_value_t = 10)]
+    #[arg(long, env = "CHIME_TICK_MS", default_value_t = DEFAULT_TICK_MS)]
     tick_ms: u64,
     /// Emit fires this far ahead of their time (the dispatcher holds them
     /// until due; a cancel inside the lead is sent after them as a revoke).
@@ -284,11 +291,14 @@ async fn main() -> anyhow::Result<()> {
             chime_benches::load::main(a.clone(), &k.bootstrap, &k.topic_prefix, shutdown).await
         }
         Role::Check(a) => {
-            let mut config = chime_engine::checker::CheckConfig::new(&k.bootstrap, &k.topic_prefix);
+            let mut config = chime_check::CheckConfig::new(
+                &k.bootstrap,
+                &k.topic_prefix,
+                Duration::from_millis(a.lead_ms),
+                Duration::from_millis(a.tick_ms),
+            );
             config.grace = Duration::from_millis(a.grace_ms);
-            config.lead = Duration::from_millis(a.lead_ms);
-            let report = tokio::task::spawn_blocking(move || chime_engine::checker::check(&config))
-                .await??;
+            let report = tokio::task::spawn_blocking(move || chime_check::check(&config)).await??;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

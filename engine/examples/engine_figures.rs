@@ -53,7 +53,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::Value;
 
-use chime_engine::checker::{check, CheckConfig};
+use chime_check::{check, CheckConfig};
 use chime_wire::headers::FIRED_AT_MS as HEADER_FIRED_AT_MS;
 use chime_wire::time::now_ms;
 use chime_wire::{Callback, TimerCommand, TimerSpec, Topics};
@@ -666,13 +666,17 @@ impl Drop for FireWatcher {
 
 /// `chime check` on the deployment: every due timer fired once, none early
 /// (by more than the engines' `lead_ms`).
-fn audit(
-    deployment: &Deployment,
-    lead_ms: u64,
-) -> anyhow::Result<chime_engine::checker::CheckReport> {
-    let mut config = CheckConfig::new(&bootstrap(), &deployment.prefix);
+fn audit(deployment: &Deployment, lead_ms: u64) -> anyhow::Result<chime_check::CheckReport> {
+    // The engines run with the default tick unless a lateness run sets it;
+    // the allowance after a cancel only matters for cancels, which these
+    // runs do not write.
+    let mut config = CheckConfig::new(
+        &bootstrap(),
+        &deployment.prefix,
+        Duration::from_millis(lead_ms),
+        Duration::from_millis(10),
+    );
     config.grace = Duration::ZERO;
-    config.lead = Duration::from_millis(lead_ms);
     check(&config)
 }
 

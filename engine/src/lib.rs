@@ -5,7 +5,6 @@
 //! how a partition's state survives its owner.
 
 pub mod changelog;
-pub mod checker;
 pub mod owner;
 pub mod partition;
 pub mod status;
