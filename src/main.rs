@@ -13,6 +13,8 @@ use chime_engine::EngineConfig;
 use chime_ingest::IngestConfig;
 use chime_wire::Topics;
 
+mod bench;
+
 /// The engine's transaction interval unless `CHIME_TICK_MS` says otherwise.
 const DEFAULT_TICK_MS: u64 = 10;
 
@@ -70,7 +72,10 @@ enum Role {
         dispatcher: DispatcherArgs,
     },
     /// Load-test a chime (or one it spawns): timers per second, lateness, CPU.
-    Bench(chime_benches::load::BenchArgs),
+    /// Runs `chime-bench` (built apart) with these arguments; `chime bench
+    /// --help` lists them.
+    #[command(disable_help_flag = true)]
+    Bench(bench::BenchPassThrough),
 }
 
 #[derive(Args, Clone)]
@@ -279,17 +284,29 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("binding {addr}"))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    chime_telemetry::init_logging();
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Role::Bench(args) = &cli.role {
+        // Replaces this process; returns only if chime-bench cannot start.
+        return Err(bench::exec(
+            args,
+            &cli.kafka.bootstrap,
+            &cli.kafka.topic_prefix,
+        ));
+    }
+    chime_telemetry::init_logging();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     chime_telemetry::recorder(); // the process's one metrics recorder
     let k = &cli.kafka;
     let shutdown = shutdown_on_signal();
     match &cli.role {
-        Role::Bench(a) => {
-            chime_benches::load::main(a.clone(), &k.bootstrap, &k.topic_prefix, shutdown).await
-        }
+        Role::Bench(_) => unreachable!("chime bench runs chime-bench before the runtime starts"),
         Role::Check(a) => {
             let mut config = chime_check::CheckConfig::new(
                 &k.bootstrap,

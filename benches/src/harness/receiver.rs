@@ -18,7 +18,7 @@ use axum::Router;
 use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
-use super::report::{new_histogram, Arrival};
+use super::lateness::{new_histogram, Arrival};
 
 /// Unix microseconds, now.
 pub fn now_us() -> u64 {
