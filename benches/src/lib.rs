@@ -8,6 +8,7 @@
 //!
 //! The criterion benches live in `benches/`.
 
+pub mod figures;
 pub mod harness;
 pub mod load;
 

@@ -1,18 +1,20 @@
 //! `chime-bench`: the load test (`chime-bench [FLAGS]`, the flags of
-//! `chime bench`, which runs this binary).
+//! `chime bench`, which runs this binary) and the engine figures
+//! (`chime-bench rebuild|failover|lateness`).
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use chime_benches::{load, Common};
+use chime_benches::{figures, load, Common};
 
-/// chime-bench: load-test a chime (`chime bench` passes its arguments here).
+/// chime-bench: load-test a chime, or measure its engine.
 ///
-/// Everything targets loopback and the local broker.
+/// Without a mode it runs the load test (`chime bench` passes its arguments
+/// here). Everything targets loopback and the local broker.
 #[derive(Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
 struct Cli {
     /// Kafka bootstrap servers.
     #[arg(
@@ -33,8 +35,20 @@ struct Cli {
     /// The chime executable to start (default: `chime` next to this one).
     #[arg(long, env = "CHIME_BIN", global = true)]
     chime_bin: Option<PathBuf>,
+    #[command(subcommand)]
+    mode: Option<Mode>,
     #[command(flatten)]
     load: load::BenchArgs,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Engine figure: changelog rebuild rate at 10^6 pending timers.
+    Rebuild(figures::rebuild::RebuildArgs),
+    /// Engine figure: kill -9 of one of three engines, time to fire again.
+    Failover(figures::failover::FailoverArgs),
+    /// Engine figure: fire lateness at a sustained rate, per tick and lead.
+    Lateness(figures::lateness::LatenessArgs),
 }
 
 /// Cancelled on SIGINT or SIGTERM.
@@ -69,10 +83,51 @@ async fn main() -> anyhow::Result<()> {
         chime_bin: cli.chime_bin,
     };
     let shutdown = shutdown_on_signal();
-    let run = load::main(&cli.load, &common);
+    let run = async {
+        match &cli.mode {
+            None => load::main(&cli.load, &common).await,
+            Some(mode) => {
+                figures::print_machine();
+                match mode {
+                    Mode::Rebuild(a) => figures::rebuild::run(a, &common).await,
+                    Mode::Failover(a) => figures::failover::run(a, &common).await,
+                    Mode::Lateness(a) => figures::lateness::run(a, &common).await,
+                }
+            }
+        }
+    };
     // Children are killed as their handles drop.
     tokio::select! {
         result = run => result,
         _ = shutdown.cancelled() => anyhow::bail!("interrupted"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("chime-bench").chain(line.iter().copied()))
+    }
+
+    #[test]
+    fn flags_alone_are_the_load_test_and_modes_take_their_own() {
+        let load = parse(&["--spawn", "--rate", "5", "--kafka", "127.0.0.1:1"]).unwrap();
+        assert!(load.mode.is_none() && load.load.spawn);
+        assert_eq!(load.bootstrap, "127.0.0.1:1");
+        let rebuild = parse(&["rebuild", "--timers", "7", "--kafka", "127.0.0.1:2"]).unwrap();
+        assert!(matches!(rebuild.mode, Some(Mode::Rebuild(ref a)) if a.timers == 7));
+        assert_eq!(rebuild.bootstrap, "127.0.0.1:2");
+        let lateness = parse(&["lateness", "--tick-ms", "2,10"]).unwrap();
+        assert!(matches!(lateness.mode, Some(Mode::Lateness(ref a)) if a.tick_ms == [2, 10]));
+        assert!(
+            parse(&["--spawn", "rebuild"]).is_err(),
+            "load flags and a mode"
+        );
+        assert!(
+            parse(&["failover", "--spawn"]).is_err(),
+            "a load flag in a mode"
+        );
     }
 }
