@@ -19,6 +19,7 @@ use chime_ingest::IngestConfig;
 use chime_wire::time::now_ms;
 use chime_wire::Topics;
 
+pub mod api;
 pub mod processes;
 
 pub const PARTITIONS: i32 = 3;
