@@ -246,7 +246,7 @@ impl Drop for Chime {
 
 /// A dispatcher config that may call the tests' receivers on 127.0.0.0/8
 /// (refused by default as non-public addresses).
-pub fn loopback_dispatcher(prefix: &str) -> DispatcherConfig {
+fn loopback_dispatcher(prefix: &str) -> DispatcherConfig {
     let mut config = DispatcherConfig::new(&bootstrap(), prefix);
     config.addresses.allow = vec!["127.0.0.0/8".parse().expect("a CIDR")];
     config

@@ -38,11 +38,6 @@ impl Deployment {
         Ok(d)
     }
 
-    /// The group id of the engines.
-    pub fn engine_group(&self) -> String {
-        format!("{}-engine", self.prefix)
-    }
-
     /// Deletes the topics; best effort: a topic left behind only costs
     /// broker disk, and is named in a warning.
     pub async fn remove(self) {

@@ -138,7 +138,6 @@ pub struct ChimeProcess {
     child: Child,
     /// Where this incarnation's lines begin in the log.
     log_from: u64,
-    started: Instant,
 }
 
 impl ChimeProcess {
@@ -166,7 +165,6 @@ impl ChimeProcess {
             spec,
             child,
             log_from,
-            started: Instant::now(),
         })
     }
 
@@ -180,11 +178,6 @@ impl ChimeProcess {
 
     pub fn log_path(&self) -> &Path {
         &self.spec.log
-    }
-
-    /// Time since this incarnation started.
-    pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
     }
 
     fn signal(&mut self, signal: libc::c_int) -> anyhow::Result<()> {
