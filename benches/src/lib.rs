@@ -3,6 +3,7 @@
 //!
 //! * [`load`] — the load test: timers per second, lateness, CPU;
 //! * [`figures`] — the engine's figures: rebuild rate, failover, lateness;
+//! * [`soak`] — the chaos soak: faults under steady load, then the books;
 //! * [`harness`] — what the modes share: chime child processes, the
 //!   callback receiver, percentiles, CPU.
 //!
@@ -11,6 +12,7 @@
 pub mod figures;
 pub mod harness;
 pub mod load;
+pub mod soak;
 
 use std::path::PathBuf;
 

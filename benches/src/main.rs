@@ -1,13 +1,14 @@
 //! `chime-bench`: the load test (`chime-bench [FLAGS]`, the flags of
 //! `chime bench`, which runs this binary) and the engine figures
-//! (`chime-bench rebuild|failover|lateness`).
+//! (`chime-bench rebuild|failover|lateness`) and the chaos soak
+//! (`chime-bench soak`).
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use chime_benches::{figures, load, Common};
+use chime_benches::{figures, load, soak, Common};
 
 /// chime-bench: load-test a chime, or measure its engine.
 ///
@@ -49,6 +50,10 @@ enum Mode {
     Failover(figures::failover::FailoverArgs),
     /// Engine figure: fire lateness at a sustained rate, per tick and lead.
     Lateness(figures::lateness::LatenessArgs),
+    /// The chaos soak: kill -9, SIGSTOP and restarts of every role (and the
+    /// broker) under steady load; fails on any lost, doubled, early or
+    /// uncancelled timer.
+    Soak(soak::SoakArgs),
 }
 
 /// Cancelled on SIGINT or SIGTERM.
@@ -73,8 +78,21 @@ fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() {
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run()));
+    if let Err(e) = result {
+        // The chain of causes, without a backtrace: the tool's errors say
+        // what went wrong and what to do.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     chime_telemetry::init_logging();
     let cli = Cli::parse();
     let common = Common {
@@ -86,13 +104,18 @@ async fn main() -> anyhow::Result<()> {
     let run = async {
         match &cli.mode {
             None => load::main(&cli.load, &common).await,
-            Some(mode) => {
+            Some(Mode::Soak(a)) => soak::run(a, &common).await,
+            Some(Mode::Rebuild(a)) => {
                 figures::print_machine();
-                match mode {
-                    Mode::Rebuild(a) => figures::rebuild::run(a, &common).await,
-                    Mode::Failover(a) => figures::failover::run(a, &common).await,
-                    Mode::Lateness(a) => figures::lateness::run(a, &common).await,
-                }
+                figures::rebuild::run(a, &common).await
+            }
+            Some(Mode::Failover(a)) => {
+                figures::print_machine();
+                figures::failover::run(a, &common).await
+            }
+            Some(Mode::Lateness(a)) => {
+                figures::print_machine();
+                figures::lateness::run(a, &common).await
             }
         }
     };

@@ -124,6 +124,16 @@ impl Receiver {
         (record.distinct, p99, max)
     }
 
+    /// Those of `indices` (into the expected plan) not called back yet.
+    pub fn undelivered(&self, indices: &[usize]) -> Vec<usize> {
+        let record = lock(&self.shared.record);
+        indices
+            .iter()
+            .copied()
+            .filter(|&i| !record.seen.get(i).copied().unwrap_or(false))
+            .collect()
+    }
+
     /// Every timer callback so far.
     pub fn arrivals(&self) -> Vec<Arrival> {
         lock(&self.shared.record).arrivals.clone()
@@ -228,6 +238,7 @@ mod tests {
         assert_eq!(arrivals[0].attempt, 2);
         assert_eq!(arrivals[2].index, None);
         assert_eq!(rx.progress().0, 1, "one distinct timer");
+        assert_eq!(rx.undelivered(&[0, 1]), vec![0]);
         assert_eq!((rx.probes(), rx.baseline_posts()), (1, 1));
         rx.stop();
     }
