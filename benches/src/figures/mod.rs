@@ -132,6 +132,7 @@ impl Rig {
             callback_url: "http://127.0.0.1:9/unused".into(),
         };
         let topics = self.topics();
+        // The Kafka path uses neither the REST API nor its concurrency.
         let target = create::Target {
             api: "",
             bootstrap: &self.bootstrap,
