@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 #
 # chime — one image, one binary (`chime`), a subcommand per role:
-#   chime topics | ingest | engine | dispatcher | all
+#   chime topics | ingest | engine | dispatcher | all | check
+# Only `chime` is built (--bin chime): the measuring tool, chime-bench, and its
+# plotting and progress-bar crates are not in the image (`chime bench` says so).
 # Build:  docker build -t chime .
 # Run:    docker run --rm -e CHIME_KAFKA_BOOTSTRAP=host:9092 -p 8080:8080 chime all
 # See docker-compose.yml for Kafka plus every role as its own service.

@@ -20,6 +20,11 @@ use chime_wire::Topics;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod bench;
+
+/// The engine's transaction interval unless `CHIME_TICK_MS` says otherwise.
+const DEFAULT_TICK_MS: u64 = 10;
+
 /// chime: a durable timer service on Kafka.
 #[derive(Parser)]
 #[command(version, about)]
@@ -116,7 +121,10 @@ enum Role {
         dispatcher: DispatcherArgs,
     },
     /// Load-test a chime (or one it spawns): timers per second, lateness, CPU.
-    Bench(chime_benches::load::BenchArgs),
+    /// Runs `chime-bench` (built apart) with these arguments; `chime bench
+    /// --help` lists them.
+    #[command(disable_help_flag = true)]
+    Bench(bench::BenchPassThrough),
 }
 
 #[derive(Args, Clone)]
@@ -127,6 +135,10 @@ struct CheckArgs {
     /// The engines' lead (CHIME_LEAD_MS): fires this far ahead are not early.
     #[arg(long, env = "CHIME_LEAD_MS", default_value_t = chime_engine::DEFAULT_LEAD.as_millis() as u64)]
     lead_ms: u64,
+    /// The engines' transaction interval (CHIME_TICK_MS): with the lead, how
+    /// long after a cancel a fire of its timer may still be emitted.
+    #[arg(long, env = "CHIME_TICK_MS", default_value_t = DEFAULT_TICK_MS)]
+    tick_ms: u64,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -178,7 +190,7 @@ struct EngineArgs {
     #[arg(long, env = "CHIME_ENGINE_STATUS_ADVERTISE")]
     status_advertise: Option<String>,
     /// Transaction interval: the longest input waits before it is committed.
-    #[arg(long, env = "CHIME_TICK_MS", default_value_t = 10)]
+    #[arg(long, env = "CHIME_TICK_MS", default_value_t = DEFAULT_TICK_MS)]
     tick_ms: u64,
     /// Emit fires this far ahead of their time (the dispatcher holds them
     /// until due; a cancel inside the lead is sent after them as a revoke).
@@ -325,23 +337,38 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("binding {addr}"))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    chime_telemetry::init_logging();
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Role::Bench(args) = &cli.role {
+        // Replaces this process; returns only if chime-bench cannot start.
+        return Err(bench::exec(
+            args,
+            &cli.kafka.bootstrap,
+            &cli.kafka.topic_prefix,
+        ));
+    }
+    chime_telemetry::init_logging();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     chime_telemetry::recorder(); // the process's one metrics recorder
     let k = &cli.kafka;
     let shutdown = shutdown_on_signal();
     match &cli.role {
-        Role::Bench(a) => {
-            chime_benches::load::main(a.clone(), &k.bootstrap, &k.topic_prefix, shutdown).await
-        }
+        Role::Bench(_) => unreachable!("chime bench runs chime-bench before the runtime starts"),
         Role::Check(a) => {
-            let mut config = chime_engine::checker::CheckConfig::new(&k.bootstrap, &k.topic_prefix);
+            let mut config = chime_check::CheckConfig::new(
+                &k.bootstrap,
+                &k.topic_prefix,
+                Duration::from_millis(a.lead_ms),
+                Duration::from_millis(a.tick_ms),
+            );
             config.grace = Duration::from_millis(a.grace_ms);
-            config.lead = Duration::from_millis(a.lead_ms);
-            let report = tokio::task::spawn_blocking(move || chime_engine::checker::check(&config))
-                .await??;
+            let report = tokio::task::spawn_blocking(move || chime_check::check(&config)).await??;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

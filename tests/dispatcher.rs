@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use chime_dispatcher::DispatcherConfig;
 use chime_wire::time::now_ms;
 use chime_wire::{Callback, DeadLetter, RetryPolicy, TimerCommand, TimerSpec, Topics};
+use common::processes::dispatcher_process;
 use common::{bootstrap, init_logging, read_topic, unique_prefix, Chime, Received, Receiver};
 
 type Answer = Pin<Box<dyn Future<Output = StatusCode> + Send>>;
@@ -393,19 +394,6 @@ async fn a_slow_endpoint_does_not_delay_calls_to_another() {
     rig.stop().await;
 }
 
-/// Starts the real `chime dispatcher` binary on `prefix`.
-fn spawn_dispatcher(prefix: &str) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_chime"))
-        .args(["--topic-prefix", prefix, "dispatcher"])
-        .env("CHIME_KAFKA_BOOTSTRAP", bootstrap())
-        .env("CHIME_CALLBACK_ALLOW", "127.0.0.0/8")
-        .env("CHIME_DISPATCHER_SESSION_TIMEOUT_MS", "6000")
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn chime dispatcher")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_with_calls_in_flight_loses_no_fire() {
     const FIRES: usize = 40;
@@ -433,10 +421,9 @@ async fn kill_9_with_calls_in_flight_loses_no_fire() {
         ids.insert(id);
     }
 
-    let mut first = spawn_dispatcher(&prefix);
+    let mut first = dispatcher_process(&prefix);
     let before_kill = rx.expect(5, Duration::from_secs(40)).await;
-    first.kill().expect("SIGKILL the dispatcher");
-    first.wait().unwrap();
+    first.kill9();
     let killed_ms = now_ms();
     slow.store(false, Ordering::SeqCst);
     // A 5 s call cannot have been answered yet: these were in flight.
@@ -445,7 +432,7 @@ async fn kill_9_with_calls_in_flight_loses_no_fire() {
         "calls finished before the kill; nothing was in flight"
     );
 
-    let mut second = spawn_dispatcher(&prefix);
+    let mut second = dispatcher_process(&prefix);
     // Delivered = arrived at the receiver after the first process was dead,
     // i.e. sent by the restarted dispatcher (answered 200 at once).
     let mut delivered = HashSet::new();
@@ -457,8 +444,7 @@ async fn kill_9_with_calls_in_flight_loses_no_fire() {
             }
         }
     }
-    second.kill().ok();
-    second.wait().ok();
+    second.kill9();
     let missing: Vec<_> = ids.difference(&delivered).collect();
     assert!(missing.is_empty(), "fires lost across kill -9: {missing:?}");
     for r in &before_kill {
@@ -607,22 +593,15 @@ async fn sigterm_lets_calls_in_flight_finish_and_commits_them() {
         rig.fire(&timer(&format!("term-{i}"), rx.url("/term")), None)
             .await;
     }
-    let mut child = spawn_dispatcher(&prefix);
+    let mut child = dispatcher_process(&prefix);
     rx.expect(FIRES, Duration::from_secs(40)).await;
     assert_eq!(
         answered.load(Ordering::SeqCst),
         0,
         "all calls still in flight"
     );
-    let pid = child.id().to_string();
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    let status = tokio::task::spawn_blocking(move || child.terminate())
         .await
-        .unwrap()
         .unwrap();
     assert!(status.success(), "dispatcher exited with {status}");
     assert_eq!(

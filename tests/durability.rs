@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use chime_engine::checker::{check, CheckConfig, CheckReport};
+use chime_check::{check, CheckConfig, CheckReport};
 use chime_wire::time::now_ms;
 use chime_wire::{TimerCommand, Topics};
 use common::processes::{schedule, EngineProcess, FireWatcher, TimerProducer, SESSION_TIMEOUT_MS};
@@ -43,7 +43,13 @@ fn distinct_ids(fires: &[common::processes::SeenFire]) -> usize {
 }
 
 async fn audit(prefix: &str) -> CheckReport {
-    let mut config = CheckConfig::new(&common::bootstrap(), prefix);
+    // The engines run with the default lead and tick (EngineProcess).
+    let mut config = CheckConfig::new(
+        &common::bootstrap(),
+        prefix,
+        chime_engine::DEFAULT_LEAD,
+        Duration::from_millis(10),
+    );
     config.grace = Duration::ZERO;
     tokio::task::spawn_blocking(move || check(&config))
         .await

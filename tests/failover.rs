@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use chime_engine::checker::{check, CheckConfig};
+use chime_check::{check, CheckConfig};
 use chime_wire::time::now_ms;
 use chime_wire::{TimerCommand, Topics};
 use common::processes::{EngineProcess, FireWatcher, TimerProducer};
@@ -26,11 +26,15 @@ async fn a_cancel_after_failover_still_revokes_a_fire_emitted_ahead() {
         .expect("create topics");
     let mut receiver = Receiver::start().await;
     let stop = CancellationToken::new();
-    let mut dispatcher = common::loopback_dispatcher(&prefix);
+    let mut dispatcher = chime_dispatcher::DispatcherConfig::new(&common::bootstrap(), &prefix);
+    dispatcher.addresses = chime_dispatcher::address::AddressPolicy {
+        allow: chime_dispatcher::address::AddressPolicy::parse_allow("127.0.0.0/8")
+            .expect("loopback CIDR"),
+    };
     dispatcher.session_timeout = Duration::from_secs(6);
     let dispatcher = tokio::spawn(chime_dispatcher::serve(dispatcher, stop.clone()));
 
-    let lead = [("CHIME_LEAD_MS", "15000")];
+    let lead = ["--lead-ms", "15000"];
     let a = EngineProcess::spawn_with(&prefix, "engine-a", &lead);
     let watcher = FireWatcher::start(&topics);
     let producer = TimerProducer::new(&topics);
@@ -70,9 +74,13 @@ async fn a_cancel_after_failover_still_revokes_a_fire_emitted_ahead() {
         receiver.next(wait).await.is_none(),
         "the revoked fire was called"
     );
-    let mut config = CheckConfig::new(&common::bootstrap(), &prefix);
+    let mut config = CheckConfig::new(
+        &common::bootstrap(),
+        &prefix,
+        Duration::from_secs(15),
+        Duration::from_millis(10),
+    );
     config.grace = Duration::ZERO;
-    config.lead = Duration::from_secs(15);
     let report = tokio::task::spawn_blocking(move || check(&config))
         .await
         .expect("checker task")

@@ -67,14 +67,16 @@ impl Committer {
                 "transaction.timeout.ms",
                 config.transaction_timeout.as_millis().to_string(),
             );
-        let mut txn = Transactional::new(
+        // The producer is created (and fences its predecessor) at the first
+        // commit; a cluster still starting is then just a failed commit,
+        // retried with the next batch.
+        let txn = Transactional::new(
             settings,
             TxnTimeouts {
                 delivery: KAFKA_TIMEOUT,
                 call: KAFKA_TIMEOUT,
             },
         );
-        txn.init()?;
         Ok(Committer {
             txn,
             fires_topic: config.topics.fires.clone(),

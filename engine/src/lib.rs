@@ -1,10 +1,9 @@
 //! The chime engine: owns partitions of `chime.timers` through the consumer
 //! group, keeps each partition's pending timers in a timing wheel, and fires
 //! due timers into `chime.fires` — effectively once, in Kafka transactions
-//! fenced against stale owners. See [`owner`] for the loop, [`changelog`] for
+//! fenced against stale owners. See [`owner`] for the loop, [`rebuild`] for
 //! how a partition's state survives its owner.
 
-pub mod checker;
 pub mod output;
 pub mod owner;
 pub mod partition;

@@ -115,10 +115,7 @@ impl Owner {
         }
         let consumer: BaseConsumer<GroupContext> =
             settings.create_with_context(GroupContext::new(&config.topics.timers, "engine"))?;
-        let mut txn = transactional_producer(&config);
-        // Fences an earlier process with this instance id before we join.
-        txn.init()?;
-        consumer.subscribe(&[&config.topics.timers])?;
+        let txn = transactional_producer(&config);
         let (rebuilt_tx, rebuilt_rx) = mpsc::channel();
         Ok(Owner {
             config,
@@ -142,6 +139,23 @@ impl Owner {
     }
 
     pub fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // Fence an earlier process with this instance id (and abort its open
+        // transaction) before joining. The cluster may be starting or
+        // electing a coordinator: that is waited out, not fatal.
+        let mut wait = RETRY_BACKOFF;
+        loop {
+            match self.txn.init() {
+                Ok(()) => break,
+                Err(TxnError::Fenced(e)) => return Err(e.into()),
+                Err(e) if !shutdown.is_cancelled() => {
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot initialise transactions yet");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(RETRY_BACKOFF_MAX);
+                }
+                Err(_) => return Ok(()),
+            }
+        }
+        self.consumer.subscribe(&[&self.config.topics.timers])?;
         tracing::info!(
             group = %self.config.group_id,
             instance = %self.config.instance_id,

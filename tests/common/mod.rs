@@ -19,6 +19,7 @@ use chime_ingest::IngestConfig;
 use chime_wire::time::now_ms;
 use chime_wire::Topics;
 
+pub mod api;
 pub mod cluster;
 pub mod processes;
 
@@ -246,7 +247,7 @@ impl Drop for Chime {
 
 /// A dispatcher config that may call the tests' receivers on 127.0.0.0/8
 /// (refused by default as non-public addresses).
-pub fn loopback_dispatcher(prefix: &str) -> DispatcherConfig {
+fn loopback_dispatcher(prefix: &str) -> DispatcherConfig {
     let mut config = DispatcherConfig::new(&bootstrap(), prefix);
     config.addresses.allow = vec!["127.0.0.0/8".parse().expect("a CIDR")];
     config

@@ -1,9 +1,18 @@
 //! chime roles as real child processes (the `chime` binary), for tests that
 //! kill, stop and restart them, and a watcher of the fires topic.
+//!
+//! [`ChimeProcess`] is the one way tests start a chime child. Each child
+//! logs JSON to `$TMPDIR/chime-test-logs/<name>.log` (at the level in
+//! `CHIME_TEST_CHILD_LOG`, default info). A listener is bound to port 0 by
+//! the child itself and its address read back from the child's
+//! `… listening` log line: no port is found free here and handed over, which
+//! another process could take in between.
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,52 +27,55 @@ use super::bootstrap;
 
 pub const SESSION_TIMEOUT_MS: u64 = 6_000;
 
-/// A `chime engine` child process.
-pub struct EngineProcess {
-    pub instance: String,
+/// The log line ingest writes once its REST API listens (field `addr`).
+pub const INGEST_LISTENING: &str = "ingest listening";
+/// The log line an engine writes once its status endpoint listens.
+pub const ENGINE_STATUS_LISTENING: &str = "engine status endpoint listening";
+
+/// A `chime` child process, killed if the test ends without stopping it.
+pub struct ChimeProcess {
+    pub name: String,
     child: Child,
+    pub log: PathBuf,
+    /// Where this process's lines begin in its (appended) log.
+    log_from: u64,
 }
 
-impl EngineProcess {
-    pub fn spawn(prefix: &str, instance: &str) -> EngineProcess {
-        EngineProcess::spawn_with(prefix, instance, &[])
-    }
-
-    /// [`EngineProcess::spawn`] with extra environment (`CHIME_*` settings).
-    pub fn spawn_with(prefix: &str, instance: &str, env: &[(&str, &str)]) -> EngineProcess {
+impl ChimeProcess {
+    /// Starts `chime <args…>` against the test broker, allowed to call
+    /// loopback receivers, logging JSON to `<name>.log`.
+    pub fn spawn(name: &str, args: &[&str]) -> ChimeProcess {
         let log_dir = std::env::temp_dir().join("chime-test-logs");
-        let _ = std::fs::create_dir_all(&log_dir);
-        let log: PathBuf = log_dir.join(format!("{prefix}-{instance}.log"));
-        let log = std::fs::OpenOptions::new()
+        std::fs::create_dir_all(&log_dir).expect("create the log directory");
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(log)
-            .expect("open engine log");
+            .open(&log)
+            .expect("open the child's log");
+        let log_from = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let level = std::env::var("CHIME_TEST_CHILD_LOG")
+            .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into());
         let child = Command::new(env!("CARGO_BIN_EXE_chime"))
-            .args([
-                "engine",
-                "--topic-prefix",
-                prefix,
-                "--instance-id",
-                instance,
-                "--session-timeout-ms",
-                &SESSION_TIMEOUT_MS.to_string(),
-            ])
+            .args(args)
             .env("CHIME_KAFKA_BOOTSTRAP", bootstrap())
-            .envs(env.iter().copied())
+            .env("CHIME_CALLBACK_ALLOW", "127.0.0.0/8")
+            .env("CHIME_LOG_FORMAT", "json")
+            // The listening lines are what tests find the addresses by.
             .env(
                 "RUST_LOG",
-                std::env::var("CHIME_TEST_ENGINE_LOG")
-                    .unwrap_or_else(|_| "info,librdkafka=warn".into()),
+                format!("{level},chime_ingest=info,chime_engine::status_server=info"),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(file)
             .spawn()
-            .expect("spawn chime engine");
-        EngineProcess {
-            instance: instance.to_string(),
+            .expect("spawn chime");
+        ChimeProcess {
+            name: name.to_string(),
             child,
+            log,
+            log_from,
         }
     }
 
@@ -77,51 +89,156 @@ impl EngineProcess {
             .status()
             .expect("run kill")
             .success();
-        assert!(ok, "kill {sig} {}", self.pid());
+        assert!(ok, "kill {sig} {} ({})", self.pid(), self.name);
     }
 
-    /// kill -9: no chance to leave the group or finish a transaction.
-    pub fn kill9(mut self) {
+    /// kill -9: no chance to leave a group or finish a transaction.
+    pub fn kill9(&mut self) {
         self.child.kill().expect("SIGKILL");
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then wait for a clean exit.
-    pub fn terminate(mut self) {
+    /// SIGTERM, then its exit status, waited for up to 30 s.
+    pub fn terminate(&mut self) -> ExitStatus {
         self.signal("-TERM");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(status) = self.child.try_wait().expect("wait engine") {
-                assert!(
-                    status.success(),
-                    "engine {} exited with {status}",
-                    self.instance
-                );
-                return;
+            if let Some(status) = self.child.try_wait().expect("wait for the child") {
+                return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "engine {} did not stop on SIGTERM",
-                self.instance
+                "{} did not stop on SIGTERM; log {:?}",
+                self.name,
+                self.log
             );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
+    /// SIGSTOP: frozen, connections open, no heartbeats.
     pub fn pause(&self) {
         self.signal("-STOP");
     }
 
+    /// SIGCONT after [`ChimeProcess::pause`].
     pub fn resume(&self) {
         self.signal("-CONT");
     }
+
+    /// The `addr` this process logged with `message` (its bound listener),
+    /// waited for up to 60 s.
+    pub fn listening(&mut self, message: &str) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(addr) = self.logged_addr(message) {
+                return addr;
+            }
+            if let Some(status) = self.child.try_wait().expect("wait for the child") {
+                panic!(
+                    "{} exited ({status}) before listening; log {:?}",
+                    self.name, self.log
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not log {message:?} within 60 s; log {:?}",
+                self.name,
+                self.log
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn logged_addr(&self, message: &str) -> Option<SocketAddr> {
+        let mut file = std::fs::File::open(&self.log).ok()?;
+        file.seek(SeekFrom::Start(self.log_from)).ok()?;
+        BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(&line).ok())
+            .find(|line| line["fields"]["message"] == message)
+            .and_then(|line| line["fields"]["addr"].as_str()?.parse().ok())
+    }
 }
 
-impl Drop for EngineProcess {
+impl Drop for ChimeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A `chime engine` child process.
+pub struct EngineProcess {
+    pub instance: String,
+    process: ChimeProcess,
+}
+
+impl EngineProcess {
+    pub fn spawn(prefix: &str, instance: &str) -> EngineProcess {
+        EngineProcess::spawn_with(prefix, instance, &[])
+    }
+
+    /// [`EngineProcess::spawn`] with more `chime engine` flags.
+    pub fn spawn_with(prefix: &str, instance: &str, flags: &[&str]) -> EngineProcess {
+        let session = SESSION_TIMEOUT_MS.to_string();
+        let mut args = vec![
+            "--topic-prefix",
+            prefix,
+            "engine",
+            "--instance-id",
+            instance,
+            "--session-timeout-ms",
+            &session,
+        ];
+        args.extend_from_slice(flags);
+        EngineProcess {
+            instance: instance.to_string(),
+            process: ChimeProcess::spawn(&format!("{prefix}-{instance}"), &args),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// kill -9: no chance to leave the group or finish a transaction.
+    pub fn kill9(mut self) {
+        self.process.kill9();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(mut self) {
+        let status = self.process.terminate();
+        assert!(
+            status.success(),
+            "engine {} exited with {status}",
+            self.instance
+        );
+    }
+
+    pub fn pause(&self) {
+        self.process.pause();
+    }
+
+    pub fn resume(&self) {
+        self.process.resume();
+    }
+}
+
+/// A `chime dispatcher` child on `prefix` (session timeout as the engines').
+pub fn dispatcher_process(prefix: &str) -> ChimeProcess {
+    ChimeProcess::spawn(
+        &format!("{prefix}-dispatcher-{}", uuid::Uuid::new_v4().simple()),
+        &[
+            "--topic-prefix",
+            prefix,
+            "dispatcher",
+            "--dispatcher-session-timeout-ms",
+            &SESSION_TIMEOUT_MS.to_string(),
+        ],
+    )
 }
 
 /// One fire record seen by the watcher.

@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::receiver::Receiver;
+use crate::harness::receiver::Receiver;
 
 /// Records produced to a fresh topic and read back by a read_committed
 /// consumer; returns (records, seconds from the first send to the last read).

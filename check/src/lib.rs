@@ -1,8 +1,10 @@
-//! The checker: audits a deployment from its topics alone. It reads
-//! `chime.timers` (what was asked), the changelog (what is still pending) and
-//! `chime.fires` (what fired), all read_committed, and reports acknowledged
-//! timers that did not fire, fired more than once, fired early or fired after
-//! their cancel, with engine fire-lateness percentiles.
+//! The checker: audits a chime deployment from its topics alone, as an
+//! outsider would. It reads `<prefix>.timers` (what was asked), the changelog
+//! (what is still pending) and `<prefix>.fires` (what fired), all
+//! read_committed, and reports acknowledged timers that did not fire, fired
+//! more than once, fired early or fired after their cancel, with engine
+//! fire-lateness percentiles. It shares no code with the engine: only the
+//! wire contract and the Kafka client settings.
 //!
 //! The model: for each timer id the latest command on `chime.timers` wins. If
 //! it is a schedule due more than `grace` ago, exactly one fire record with the
@@ -10,8 +12,13 @@
 //! back a fire emitted ahead of its time). Earlier schedules of the same id
 //! that were replaced may or may not have fired (a re-schedule after the fire
 //! is a new timer), but no `(id, fire_at)` may fire twice.
+//!
+//! Two engine settings enter the audit, so they must match the engines':
+//! the lead (a fire emitted up to `lead` before its time is not early) and
+//! the tick (see [`CheckConfig::cancel_allowance`]).
 
-use std::collections::HashMap;
+mod audit;
+
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -23,7 +30,9 @@ use serde::Serialize;
 use chime_kafka::group::QuietEof;
 use chime_kafka::MessageHeaders;
 use chime_wire::time::now_ms;
-use chime_wire::{ChangelogRecord, FiresRecord, Revoke, TimerCommand, Topics};
+use chime_wire::{ChangelogRecord, FiresRecord, TimerCommand, Topics};
+
+pub use audit::Audit;
 
 #[derive(Debug, Clone)]
 pub struct CheckConfig {
@@ -31,21 +40,45 @@ pub struct CheckConfig {
     pub topics: Topics,
     /// Timers due less than this long ago are not yet expected to have fired.
     pub grace: Duration,
-    /// The engine's lead: a fire this far ahead of its time is not early.
+    /// The engines' lead (`CHIME_LEAD_MS`): a fire this far ahead of its
+    /// time is not early.
     pub lead: Duration,
+    /// The engines' transaction interval (`CHIME_TICK_MS`): the longest input
+    /// waits before the engine applies it.
+    pub tick: Duration,
     /// Give up reading a topic after this long.
     pub read_timeout: Duration,
 }
 
 impl CheckConfig {
-    pub fn new(bootstrap: &str, topic_prefix: &str) -> Self {
+    /// An audit of the deployment on `topic_prefix` whose engines run with
+    /// this `lead` and `tick`; grace 5 s.
+    pub fn new(bootstrap: &str, topic_prefix: &str, lead: Duration, tick: Duration) -> Self {
         CheckConfig {
             bootstrap: bootstrap.to_string(),
             topics: Topics::new(topic_prefix),
             grace: Duration::from_secs(5),
-            lead: crate::DEFAULT_LEAD,
+            lead,
+            tick,
             read_timeout: Duration::from_secs(120),
         }
+    }
+
+    /// How long after a cancel was written a fire of its timer may still be
+    /// emitted without the cancel having been ignored: `lead + tick`.
+    ///
+    /// A cancel can lose a race: the engine may emit the fire (up to `lead`
+    /// ahead of its time) before it has read the cancel. It applies its
+    /// input at least once per `tick`, and a record reaches it within what
+    /// the lead is sized for (a transaction cycle plus read_committed
+    /// visibility, see docs/design.md). So a fire emitted more than
+    /// `lead + tick` after the cancel's timestamp was emitted with the cancel
+    /// in reach: the cancel was ignored. The rule compares the emit time, not
+    /// the due time, so it also catches an overdue timer fired after its
+    /// cancel by an engine that took the partition over; and a timer due
+    /// more than `2 × lead + tick` after its cancel can never pass it.
+    pub fn cancel_allowance(&self) -> Duration {
+        self.lead + self.tick
     }
 }
 
@@ -61,21 +94,25 @@ pub struct Lateness {
 impl Lateness {
     /// Nearest-rank percentiles of `samples`.
     pub fn of(samples: &mut [u64]) -> Lateness {
-        if samples.is_empty() {
-            return Lateness::default();
-        }
         samples.sort_unstable();
-        let rank = |q: f64| {
-            let i = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-            samples[i - 1]
-        };
+        let rank = |q: f64| nearest_rank(samples, q).unwrap_or(0);
         Lateness {
             p50: rank(0.50),
             p90: rank(0.90),
             p99: rank(0.99),
-            max: samples[samples.len() - 1],
+            max: rank(1.0),
         }
     }
+}
+
+/// The nearest-rank `q`-quantile (0 < q ≤ 1) of `sorted` (ascending), or
+/// `None` when it is empty.
+pub fn nearest_rank<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[i - 1])
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -96,7 +133,8 @@ pub struct CheckReport {
     pub duplicates: Vec<String>,
     /// Fired before their time (less the lead) (ids).
     pub early: Vec<String>,
-    /// Fired although their cancel was written before they fired (ids).
+    /// Fired more than [`CheckConfig::cancel_allowance`] after their cancel
+    /// was written (ids).
     pub fired_after_cancel: Vec<String>,
     /// Still pending in the changelog although due before now − grace (ids).
     pub overdue: Vec<String>,
@@ -151,130 +189,30 @@ impl std::fmt::Display for CheckReport {
     }
 }
 
-/// The latest command for one timer id.
-struct Intent {
-    fire_at_ms: u64,
-    /// Timestamp of a cancel that came after the schedule, if one did.
-    cancelled_at_ms: Option<u64>,
-}
-
 /// Reads the three topics and audits them.
 pub fn check(config: &CheckConfig) -> anyhow::Result<CheckReport> {
     let now = now_ms();
-    let mut report = CheckReport::default();
-
-    let mut intents: HashMap<String, Intent> = HashMap::new();
+    let mut audit = Audit::new(config);
     read_all(config, &config.topics.timers, |m| {
-        report.commands += 1;
-        match TimerCommand::decode(m.key(), m.payload()) {
-            Ok(TimerCommand::Schedule(spec)) => {
-                intents.insert(
-                    spec.id,
-                    Intent {
-                        fire_at_ms: spec.fire_at_ms,
-                        cancelled_at_ms: None,
-                    },
-                );
-            }
-            Ok(TimerCommand::Cancel { id }) => {
-                if let Some(intent) = intents.get_mut(&id) {
-                    intent.cancelled_at_ms.get_or_insert(timestamp(m));
-                }
-            }
-            Err(_) => {} // dead-lettered by the engine
-        }
+        audit.command(
+            TimerCommand::decode(m.key(), m.payload()).ok(),
+            timestamp(m),
+        );
     })?;
-
-    // (id, fire_at) → fired_at of each fire record not revoked
-    let mut fired: HashMap<(String, u64), Vec<u64>> = HashMap::new();
-    let mut lateness = Vec::new();
-    let lead = config.lead.as_millis() as u64;
     read_all(config, &config.topics.fires, |m| {
-        let (spec, fired_at) = match FiresRecord::decode(m.key(), m.payload(), &MessageHeaders(m)) {
-            Ok(FiresRecord::Fire(fire)) => (fire.spec, fire.fired_at_ms),
-            // A revoke takes back a fire emitted ahead of its time.
-            Ok(FiresRecord::Revoke(Revoke { id, fire_at_ms })) => {
-                if let Some(times) = fired.get_mut(&(id, fire_at_ms)) {
-                    times.pop();
-                    report.fires -= 1;
-                    report.revoked += 1;
-                }
-                return;
-            }
-            Err(_) => return,
-        };
-        report.fires += 1;
-        let fired_at = fired_at.unwrap_or_else(|| timestamp(m));
-        if fired_at.saturating_add(lead) < spec.fire_at_ms {
-            report.early.push(spec.id.clone());
+        if let Ok(record) = FiresRecord::decode(m.key(), m.payload(), &MessageHeaders(m)) {
+            audit.fires_record(record, timestamp(m));
         }
-        lateness.push(fired_at.saturating_sub(spec.fire_at_ms));
-        fired
-            .entry((spec.id, spec.fire_at_ms))
-            .or_default()
-            .push(fired_at);
     })?;
-
-    let mut pending: HashMap<String, u64> = HashMap::new();
     read_all(config, &config.topics.changelog, |m| {
-        let Some(id) = m.key().map(|k| String::from_utf8_lossy(k).into_owned()) else {
-            return;
-        };
-        match ChangelogRecord::decode(m.payload(), &MessageHeaders(m)) {
-            Ok(ChangelogRecord::Pending { fire_at_ms, .. }) => {
-                pending.insert(id, fire_at_ms);
-            }
-            Ok(ChangelogRecord::Finished(_)) => {
-                pending.remove(&id);
-            }
-            Err(_) => {}
+        if let (Some(key), Ok(record)) = (
+            m.key(),
+            ChangelogRecord::decode(m.payload(), &MessageHeaders(m)),
+        ) {
+            audit.changelog_record(&String::from_utf8_lossy(key), record);
         }
     })?;
-    report.pending = pending.len();
-
-    let due_before = now.saturating_sub(config.grace.as_millis() as u64);
-    for ((id, _), times) in &fired {
-        if times.len() > 1 {
-            report.duplicates.push(id.clone());
-        }
-    }
-    for (id, intent) in &intents {
-        let key = (id.clone(), intent.fire_at_ms);
-        let fires = fired.get(&key).filter(|t| !t.is_empty());
-        match intent.cancelled_at_ms {
-            // A cancel written well before the fire must have prevented it.
-            Some(cancelled_at)
-                if fires.is_some_and(|t| t.iter().any(|&at| at > cancelled_at + 1_000)) =>
-            {
-                report.fired_after_cancel.push(id.clone());
-            }
-            Some(_) => {}
-            None if intent.fire_at_ms < due_before => {
-                report.expected += 1;
-                if fires.is_none() {
-                    report.missing.push(id.clone());
-                }
-            }
-            None => {}
-        }
-    }
-    for (id, fire_at) in &pending {
-        if *fire_at < due_before {
-            report.overdue.push(id.clone());
-        }
-    }
-    for ids in [
-        &mut report.missing,
-        &mut report.duplicates,
-        &mut report.early,
-        &mut report.fired_after_cancel,
-        &mut report.overdue,
-    ] {
-        ids.sort();
-        ids.dedup();
-    }
-    report.lateness_ms = Lateness::of(&mut lateness);
-    Ok(report)
+    Ok(audit.report(now))
 }
 
 fn timestamp(m: &BorrowedMessage<'_>) -> u64 {
@@ -349,5 +287,18 @@ mod tests {
         );
         assert_eq!(Lateness::of(&mut []), Lateness::default());
         assert_eq!(Lateness::of(&mut [7]).p99, 7);
+        assert_eq!(nearest_rank(&[-3i64, 1, 2, 9], 0.5), Some(1));
+        assert_eq!(nearest_rank::<i64>(&[], 0.5), None);
+    }
+
+    #[test]
+    fn cancel_allowance_is_the_lead_plus_one_tick() {
+        let c = CheckConfig::new(
+            "127.0.0.1:9092",
+            "x",
+            Duration::from_millis(200),
+            Duration::from_millis(10),
+        );
+        assert_eq!(c.cancel_allowance(), Duration::from_millis(210));
     }
 }

@@ -18,7 +18,7 @@ use axum::Router;
 use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
-use super::report::{new_histogram, Arrival};
+use super::lateness::{new_histogram, Arrival};
 
 /// Unix microseconds, now.
 pub fn now_us() -> u64 {
@@ -122,6 +122,16 @@ impl Receiver {
             )
         });
         (record.distinct, p99, max)
+    }
+
+    /// Those of `indices` (into the expected plan) not called back yet.
+    pub fn undelivered(&self, indices: &[usize]) -> Vec<usize> {
+        let record = lock(&self.shared.record);
+        indices
+            .iter()
+            .copied()
+            .filter(|&i| !record.seen.get(i).copied().unwrap_or(false))
+            .collect()
     }
 
     /// Every timer callback so far.
@@ -228,6 +238,7 @@ mod tests {
         assert_eq!(arrivals[0].attempt, 2);
         assert_eq!(arrivals[2].index, None);
         assert_eq!(rx.progress().0, 1, "one distinct timer");
+        assert_eq!(rx.undelivered(&[0, 1]), vec![0]);
         assert_eq!((rx.probes(), rx.baseline_posts()), (1, 1));
         rx.stop();
     }

@@ -1,4 +1,5 @@
-//! CPU time of a process, from `/proc/<pid>/stat`.
+//! What a process costs: CPU time from `/proc/<pid>/stat`, memory from
+//! `/proc/<pid>/status`.
 
 use anyhow::Context;
 
@@ -11,6 +12,18 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     anyhow::ensure!(per_s > 0, "sysconf(_SC_CLK_TCK) failed");
     Ok(ticks as f64 / per_s as f64)
+}
+
+/// A `VmRSS`-style field of `/proc/<pid>/status`, in KiB.
+pub fn memory_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    status
+        .lines()
+        .find(|l| l.split(':').next() == Some(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse().ok())
+        .with_context(|| format!("no {field} in {path}"))
 }
 
 /// The process's name, from `/proc/<pid>/comm`.
@@ -49,6 +62,13 @@ mod tests {
         let line = "4242 (tokio (rt) 1) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0";
         assert_eq!(parse_utime_stime(line).unwrap(), 175);
         assert!(parse_utime_stime("4242 (x) S 1 2").is_err());
+    }
+
+    #[test]
+    fn own_memory_is_readable() {
+        let rss = memory_kib(std::process::id(), "VmRSS").unwrap();
+        assert!(rss > 0);
+        assert!(memory_kib(std::process::id(), "NoSuchField").is_err());
     }
 
     #[test]
