@@ -1,0 +1,210 @@
+//! Which partitions this engine owns: the group's assignments and
+//! revocations, rebuilding assigned partitions beside the loop, and knowing
+//! when a partition's input is read to its end (before which it fires
+//! nothing: a cancel of a due timer may still be unread).
+
+use std::time::Instant;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::Offset;
+
+use chime_kafka::GroupEvent;
+
+use super::{Owner, KAFKA_TIMEOUT};
+use crate::rebuild;
+
+impl Owner {
+    /// The consumer reached the end of partition `p`: every record written
+    /// before now is applied or in the inbox (applied before any fire), so
+    /// the partition may fire.
+    pub(super) fn mark_caught_up(&mut self, p: i32) {
+        let mut owned = self.status.lock();
+        if let Some(state) = owned.live.get_mut(&p) {
+            if !state.caught_up {
+                tracing::debug!(partition = p, "partition caught up");
+            }
+            state.caught_up = true;
+        }
+        let applied = owned.live.get(&p).and_then(|s| s.next_offset).unwrap_or(0);
+        let end = self
+            .inbox
+            .iter()
+            .chain(self.held.iter())
+            .filter(|r| r.partition == p)
+            .fold(applied, |end, r| end.max(r.offset + 1));
+        let unapplied = self.inbox.iter().any(|r| r.partition == p);
+        if let (Some(state), false) = (owned.live.get_mut(&p), unapplied) {
+            state.input_end = Some(end); // else set once the inbox is applied
+        }
+        self.end_of_input.insert(p, end);
+    }
+
+    /// A consumer error: logged, unless it means the engine can never join.
+    pub(super) fn consumer_error(&self, e: KafkaError) -> anyhow::Result<()> {
+        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::InvalidSessionTimeout) {
+            anyhow::bail!(
+                "the brokers refuse a session timeout of {:?} (CHIME_SESSION_TIMEOUT_MS): it is \
+                 outside their group.min.session.timeout.ms / group.max.session.timeout.ms; \
+                 raise CHIME_SESSION_TIMEOUT_MS or lower the brokers' minimum (docs/operations.md)",
+                self.config.session_timeout
+            );
+        }
+        tracing::warn!(error = %e, "consumer error");
+        Ok(())
+    }
+
+    /// librdkafka reports the end of a partition once per offset, so a
+    /// partition rebuilt at an offset whose end was reported before it was
+    /// paused would wait for a report that never comes. Live partitions not
+    /// yet caught up compare their consumer position with the end of their
+    /// input instead.
+    pub(super) fn check_caught_up(&mut self) {
+        self.last_catch_up_check = Instant::now();
+        let waiting: Vec<(i32, Option<i64>)> = {
+            let owned = self.status.lock();
+            owned
+                .live
+                .values()
+                .filter(|s| !s.caught_up)
+                .map(|s| (s.partition, s.next_offset))
+                .collect()
+        };
+        if waiting.is_empty() {
+            return;
+        }
+        let topic = self.config.topics.timers.clone();
+        let positions = self.consumer.position().unwrap_or_default();
+        for (p, applied) in waiting {
+            if self.inbox.iter().any(|r| r.partition == p) {
+                continue; // the inbox is applied first; ask again next time
+            }
+            let position = match positions.find_partition(&topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => applied,
+            };
+            let Ok((_, end)) = self.consumer.fetch_watermarks(&topic, p, KAFKA_TIMEOUT) else {
+                continue;
+            };
+            if position.unwrap_or(0) >= end {
+                tracing::debug!(
+                    partition = p,
+                    end,
+                    "partition caught up (position at the end)"
+                );
+                self.mark_caught_up(p);
+            }
+        }
+    }
+
+    pub(super) fn apply_group_events(&mut self) -> anyhow::Result<()> {
+        for event in self.consumer.context().take_events() {
+            match event {
+                GroupEvent::Revoked(parts) => {
+                    let mut owned = self.status.lock();
+                    for p in &parts {
+                        // Outputs not yet committed go too: the next owner
+                        // rebuilds from what was committed and redoes the rest.
+                        owned.live.remove(p);
+                        owned.loading.remove(p);
+                        self.rebuilding.remove(p);
+                        self.end_of_input.remove(p);
+                        self.committed.remove(p);
+                        self.stalled.remove(p);
+                    }
+                    drop(owned);
+                    self.inbox.retain(|r| !parts.contains(&r.partition));
+                    self.held.retain(|r| !parts.contains(&r.partition));
+                }
+                GroupEvent::Assigned(parts) => {
+                    self.status.lock().joined = true;
+                    self.start_rebuild(parts)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Pauses `parts` (their input waits for their state) and rebuilds them
+    /// on a thread of their own.
+    pub(super) fn start_rebuild(&mut self, parts: Vec<i32>) -> anyhow::Result<()> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        self.consumer.pause(&self.partition_list(&parts))?;
+        self.next_rebuild += 1;
+        let id = self.next_rebuild;
+        let mut owned = self.status.lock();
+        for &p in &parts {
+            owned.loading.insert(p);
+            self.rebuilding.insert(p, id);
+        }
+        drop(owned);
+        tracing::info!(partitions = ?parts, "rebuilding partitions");
+        rebuild::spawn(&self.config, id, parts, self.rebuilt_tx.clone());
+        Ok(())
+    }
+
+    /// Makes the partitions of every finished rebuild Live (those still ours
+    /// and not rebuilt again since), and resumes their input.
+    pub(super) fn install_rebuilt(&mut self) {
+        while let Ok(done) = self.rebuilt_rx.try_recv() {
+            let ours: Vec<i32> = done
+                .partitions
+                .iter()
+                .copied()
+                .filter(|p| self.rebuilding.get(p) == Some(&done.id))
+                .collect();
+            if ours.is_empty() {
+                continue;
+            }
+            let states = match done.result {
+                Ok(states) => states,
+                Err(e) => {
+                    // Try again: the partitions stay paused and loading.
+                    tracing::warn!(partitions = ?ours, error = %e, "rebuild failed; retrying");
+                    for p in &ours {
+                        self.rebuilding.remove(p);
+                    }
+                    let parts = ours.clone();
+                    if let Err(e) = self.start_rebuild(parts) {
+                        tracing::error!(error = %e, "cannot restart the rebuild");
+                    }
+                    continue;
+                }
+            };
+            let mut owned = self.status.lock();
+            for mut state in states {
+                let p = state.partition;
+                if !ours.contains(&p) {
+                    continue;
+                }
+                self.rebuilding.remove(&p);
+                owned.loading.remove(&p);
+                state.caught_up = state.next_offset.is_some()
+                    && self.end_of_input.get(&p) == state.next_offset.as_ref();
+                if let Some(next) = state.next_offset {
+                    self.committed.insert(p, next);
+                }
+                tracing::info!(
+                    partition = p,
+                    next_offset = ?state.next_offset,
+                    pending = state.wheel.len(),
+                    took_ms = done.took.as_millis() as u64,
+                    "partition live"
+                );
+                owned.live.insert(p, state);
+            }
+            drop(owned);
+            // Input that arrived while they loaded goes first.
+            let held = std::mem::take(&mut self.held);
+            let (now_live, still_held): (Vec<_>, Vec<_>) =
+                held.into_iter().partition(|r| ours.contains(&r.partition));
+            self.held = still_held;
+            self.inbox.splice(0..0, now_live);
+            if let Err(e) = self.consumer.resume(&self.partition_list(&ours)) {
+                tracing::warn!(partitions = ?ours, error = %e, "resume failed");
+            }
+        }
+    }
+}
