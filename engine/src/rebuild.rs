@@ -75,9 +75,33 @@ fn release_freed_memory() {
 }
 
 /// Committed input offsets, then the changelog: each partition's state.
+/// Several partitions are read by several readers at once (one per core):
+/// the per-record cost is on the reading thread, so one reader would leave
+/// the machine's other cores idle during a rebuild.
 fn rebuild(config: &EngineConfig, partitions: &[i32]) -> anyhow::Result<Vec<PartitionState>> {
     let committed = committed_offsets(config, partitions)?;
-    let mut loaded = load(config, partitions, chime_wire::time::now_ms())?;
+    let now = chime_wire::time::now_ms();
+    let readers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(partitions.len())
+        .max(1);
+    let shares: Vec<Vec<i32>> = (0..readers)
+        .map(|r| partitions.iter().copied().skip(r).step_by(readers).collect())
+        .collect();
+    let mut loaded = HashMap::new();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .iter()
+            .map(|share| scope.spawn(move || load(config, share, now)))
+            .collect();
+        for handle in handles {
+            let part = handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("a changelog reader panicked"))??;
+            loaded.extend(part);
+        }
+        anyhow::Ok(())
+    })?;
     partitions
         .iter()
         .map(|&p| {
