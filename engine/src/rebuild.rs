@@ -86,7 +86,14 @@ fn rebuild(config: &EngineConfig, partitions: &[i32]) -> anyhow::Result<Vec<Part
         .min(partitions.len())
         .max(1);
     let shares: Vec<Vec<i32>> = (0..readers)
-        .map(|r| partitions.iter().copied().skip(r).step_by(readers).collect())
+        .map(|r| {
+            partitions
+                .iter()
+                .copied()
+                .skip(r)
+                .step_by(readers)
+                .collect()
+        })
         .collect();
     let mut loaded = HashMap::new();
     std::thread::scope(|scope| {

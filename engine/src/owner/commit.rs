@@ -13,8 +13,8 @@ use chime_kafka::TxnError;
 use chime_wire::time::now_ms;
 
 use super::{
-    Committed, Owner, KAFKA_TIMEOUT, RETRY_BACKOFF, RETRY_BACKOFF_MAX, STALL_BACKOFF,
-    STALL_BACKOFF_MAX,
+    Committed, Owner, FENCED_LIMIT, FENCED_WINDOW, KAFKA_TIMEOUT, RETRY_BACKOFF, RETRY_BACKOFF_MAX,
+    STALL_BACKOFF, STALL_BACKOFF_MAX,
 };
 use crate::output::Output;
 
@@ -100,11 +100,28 @@ impl Owner {
                 }
                 drop(owned);
                 match e {
-                    TxnError::Fenced(e) => Err(anyhow::anyhow!(
-                        "another engine with instance id {:?} took over ({e}); \
-                         instance ids must be unique",
-                        self.config.instance_id
-                    )),
+                    TxnError::Fenced(e) => {
+                        // Fenced: by the group (this engine was expelled, e.g.
+                        // paused past its session timeout: it rejoins and goes
+                        // on with a new producer), or by another process with
+                        // this instance id (they would fence each other in
+                        // turn: after a few times in a row, stop).
+                        let now = Instant::now();
+                        self.fenced
+                            .retain(|at| now.duration_since(*at) < FENCED_WINDOW);
+                        self.fenced.push(now);
+                        if self.fenced.len() >= FENCED_LIMIT {
+                            return Err(anyhow::anyhow!(
+                                "fenced {} times within {FENCED_WINDOW:?} ({e}): another engine \
+                                 runs with instance id {:?}; instance ids must be unique",
+                                self.fenced.len(),
+                                self.config.instance_id
+                            ));
+                        }
+                        tracing::warn!(error = %e, "fenced; a new producer takes over");
+                        self.retry_backoff = RETRY_BACKOFF_MAX;
+                        Ok(Committed::Failed)
+                    }
                     TxnError::Stalled { tags, waited } => {
                         for p in tags {
                             let backoff = self

@@ -59,6 +59,10 @@ const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often live partitions not yet caught up compare their position with
 /// the end of their input (in case the end-of-partition report never comes).
 const CATCH_UP_CHECK: Duration = Duration::from_millis(500);
+/// Fenced this many times within the window: another process has this
+/// engine's instance id.
+const FENCED_LIMIT: usize = 3;
+const FENCED_WINDOW: Duration = Duration::from_secs(60);
 /// How long a partition whose records were not delivered sits out.
 const STALL_BACKOFF: Duration = Duration::from_millis(500);
 const STALL_BACKOFF_MAX: Duration = Duration::from_secs(4);
@@ -92,6 +96,8 @@ pub struct Owner {
     last_commit: Instant,
     retry_backoff: Duration,
     last_catch_up_check: Instant,
+    /// When transactions were recently fenced.
+    fenced: Vec<Instant>,
     expired: Vec<Expired<TimerRecord, ()>>,
 }
 
@@ -136,6 +142,7 @@ impl Owner {
             last_commit: Instant::now(),
             retry_backoff: Duration::ZERO,
             last_catch_up_check: Instant::now(),
+            fenced: Vec::new(),
             expired: Vec::new(),
         })
     }
