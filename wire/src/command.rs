@@ -16,18 +16,41 @@ pub struct Callback {
     /// An absolute `http://` or `https://` URL.
     pub url: String,
     /// HTTP method, `POST` unless said otherwise.
-    #[serde(default = "default_method")]
+    #[serde(default = "default_method", deserialize_with = "method_or_default")]
     pub method: String,
     /// Extra request headers.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub headers: BTreeMap<String, String>,
     /// Request body, sent as is.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub body: String,
 }
 
 fn default_method() -> String {
     "POST".to_string()
+}
+
+/// An optional field given as JSON `null` means the same as leaving it out.
+pub fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+fn method_or_default<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_else(default_method))
 }
 
 fn first_attempt() -> u32 {
@@ -50,7 +73,11 @@ pub struct TimerSpec {
     #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
     pub attempt: u32,
     /// How failed calls are retried; the dispatcher's defaults fill what is absent.
-    #[serde(default, skip_serializing_if = "RetryPolicy::is_default")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "RetryPolicy::is_default"
+    )]
     pub retry: RetryPolicy,
     /// On a retry (attempt > 1): the due time of the first attempt, which the
     /// idempotency key and the retry deadline are derived from.
@@ -146,46 +173,102 @@ pub fn validate_id(id: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Request headers a callback may not set (compared case-insensitively): they
+/// steer where or how the request travels rather than what it says — the
+/// virtual host (`host` and its proxy spellings), hop-by-hop connection
+/// management, message framing (a wrong `content-length` drops the body or
+/// stalls the call), and proxy credentials.
+pub const REFUSED_CALLBACK_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "expect",
+    "forwarded",
+    "host",
+    "http2-settings",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "x-forwarded-host",
+];
+
+/// Methods a callback may not use (compared case-insensitively): `CONNECT`
+/// opens a tunnel (and drops the URL's path), `TRACE` echoes the request back.
+pub const REFUSED_CALLBACK_METHODS: &[&str] = &["CONNECT", "TRACE"];
+
+/// An HTTP token (RFC 9110 §5.6.2): what method and header names are made of.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 impl Callback {
     /// Checks what can be checked before delivery: an absolute http(s) URL with a
-    /// host, a valid method token, header names and values that HTTP can carry.
+    /// host, written plainly (no spaces or control characters for the URL
+    /// parser to repair); a method token other than the refused ones; header
+    /// names and values that HTTP can carry, none of them a refused header.
     pub fn validate(&self) -> Result<(), FieldError> {
-        let url = url::Url::parse(&self.url)
-            .map_err(|e| FieldError::new("callback.url", format!("is not a URL: {e}")))?;
-        if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(FieldError::new(
-                "callback.url",
-                format!("scheme must be http or https, not {:?}", url.scheme()),
+        let url_field = |message: String| FieldError::new("callback.url", message);
+        if self
+            .url
+            .chars()
+            .any(|c| c.is_ascii_whitespace() || c.is_control())
+        {
+            return Err(url_field(
+                "must not contain spaces or control characters".into(),
             ));
         }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(FieldError::new("callback.url", "has no host"));
+        let scheme_end = self.url.find("://").unwrap_or(0);
+        let scheme = &self.url[..scheme_end];
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Err(url_field(
+                "must be an absolute URL starting with http:// or https://".into(),
+            ));
         }
-        let method_ok = !self.method.is_empty()
-            && self
-                .method
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-        if !method_ok {
+        let url =
+            url::Url::parse(&self.url).map_err(|e| url_field(format!("is not a URL: {e}")))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(url_field("has no host".into()));
+        }
+        if !is_token(&self.method) {
             return Err(FieldError::new(
                 "callback.method",
                 format!("{:?} is not an HTTP method", self.method),
             ));
         }
+        if let Some(refused) = REFUSED_CALLBACK_METHODS
+            .iter()
+            .find(|m| m.eq_ignore_ascii_case(&self.method))
+        {
+            return Err(FieldError::new(
+                "callback.method",
+                format!("{refused} is not allowed for callbacks"),
+            ));
+        }
         for (name, value) in &self.headers {
-            let name_ok = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-            if !name_ok {
+            let field = || format!("callback.headers.{name}");
+            if !is_token(name) {
+                return Err(FieldError::new(field(), "is not a valid header name"));
+            }
+            if REFUSED_CALLBACK_HEADERS
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name))
+            {
                 return Err(FieldError::new(
-                    format!("callback.headers.{name}"),
-                    "is not a valid header name",
+                    field(),
+                    "may not be set by a callback: it steers the request rather than \
+                     adding to it (see the refused headers in docs/api.md)",
                 ));
             }
             if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
                 return Err(FieldError::new(
-                    format!("callback.headers.{name}"),
+                    field(),
                     "value contains control characters",
                 ));
             }
@@ -293,6 +376,18 @@ mod tests {
     }
 
     #[test]
+    fn null_optional_fields_mean_absent() {
+        let v = br#"{"op":"schedule","id":"a","fire_at_ms":5,"retry":null,
+            "callback":{"url":"https://x.example/","method":null,"headers":null,"body":null}}"#;
+        let TimerCommand::Schedule(s) = TimerCommand::decode(Some(b"a"), Some(v)).unwrap() else {
+            panic!("not a schedule")
+        };
+        assert_eq!(s.callback.method, "POST");
+        assert!(s.callback.headers.is_empty() && s.callback.body.is_empty());
+        assert!(s.retry.is_default());
+    }
+
+    #[test]
     fn cancel_decodes() {
         let v = br#"{"op":"cancel","id":"a"}"#;
         assert_eq!(
@@ -327,5 +422,79 @@ mod tests {
         let mut s = spec();
         s.callback.method = "GE T".into();
         assert_eq!(s.validate().unwrap_err().field, "callback.method");
+    }
+
+    #[test]
+    fn headers_that_steer_the_request_are_refused_in_any_case() {
+        for name in [
+            "Host",
+            "host",
+            "HOST",
+            "Connection",
+            "Proxy-Authorization",
+            "Upgrade",
+            "TE",
+            "Transfer-Encoding",
+            "Content-Length",
+            "Expect",
+            "Keep-Alive",
+            "Proxy-Connection",
+            "X-Forwarded-Host",
+            "Forwarded",
+        ] {
+            let mut s = spec();
+            s.callback.headers.insert(name.into(), "v".into());
+            let e = s.validate().unwrap_err();
+            assert_eq!(e.field, format!("callback.headers.{name}"), "{name}");
+        }
+        let mut s = spec();
+        s.callback
+            .headers
+            .insert("Authorization".into(), "Bearer x".into());
+        s.callback
+            .headers
+            .insert("Content-Type".into(), "application/json".into());
+        s.validate().expect("ordinary headers pass");
+    }
+
+    #[test]
+    fn connect_and_trace_are_refused() {
+        for method in ["CONNECT", "connect", "Trace"] {
+            let mut s = spec();
+            s.callback.method = method.into();
+            assert_eq!(
+                s.validate().unwrap_err().field,
+                "callback.method",
+                "{method}"
+            );
+        }
+        for method in ["GET", "PUT", "PATCH", "DELETE", "REPORT"] {
+            let mut s = spec();
+            s.callback.method = method.into();
+            s.validate().expect(method);
+        }
+    }
+
+    #[test]
+    fn urls_must_be_written_plainly() {
+        for url in [
+            " http://x.example/",
+            "http://x.example/a b",
+            "http://x.example/\r\nHost: y",
+            "http:x.example/",
+            "http:\\\\x.example/",
+            "ftp://x.example/",
+            "//x.example/",
+            "http://",
+        ] {
+            let mut s = spec();
+            s.callback.url = url.into();
+            assert_eq!(s.validate().unwrap_err().field, "callback.url", "{url:?}");
+        }
+        for url in ["HTTP://x.example/", "https://x.example:8443/a?b=c"] {
+            let mut s = spec();
+            s.callback.url = url.into();
+            s.validate().expect(url);
+        }
     }
 }
