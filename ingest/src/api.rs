@@ -839,7 +839,7 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 pub fn field_of(path: &str, message: &str) -> String {
     let path = match path {
         "." | "?" => "",
-        p => p,
+        p => p.trim_end_matches('.'), // a key `""` shows as a trailing dot
     };
     if message.starts_with("unknown field `") && !path.is_empty() {
         return path.to_string(); // the path already ends at the unknown field
@@ -847,7 +847,8 @@ pub fn field_of(path: &str, message: &str) -> String {
     let named = message
         .strip_prefix("missing field `")
         .or_else(|| message.strip_prefix("unknown field `"))
-        .and_then(|rest| rest.split('`').next());
+        .and_then(|rest| rest.split('`').next())
+        .filter(|name| !name.is_empty()); // `{"": 1}` names no field: its parent
     match (path, named) {
         ("", Some(name)) => name.to_string(),
         (p, Some(name)) => format!("{p}.{name}"),
@@ -910,6 +911,12 @@ mod tests {
         assert_eq!(field_of("?", "EOF while parsing a value"), "body");
         assert_eq!(field_of("delay_ms", "invalid type: string"), "delay_ms");
         assert_eq!(field_of(".", "expected value"), "body");
+        // Found by fuzzing: an unknown field with an empty name.
+        assert_eq!(field_of("", "unknown field ``, expected one of"), "body");
+        assert_eq!(
+            field_of("callback", "unknown field ``, expected"),
+            "callback"
+        );
     }
 
     #[test]

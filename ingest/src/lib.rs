@@ -10,6 +10,7 @@
 //! * [`browser`] — CORS and the DNS-rebinding guard: which web pages may call.
 //! * [`http_errors`] — JSON bodies for the router's and the server's own errors.
 //! * [`recent`] — creates acknowledged a moment ago, for idempotent retries.
+//! * [`fuzzing`] — the properties the fuzz targets and property tests check.
 //! * [`ops`] — `/healthz`, `/readyz`, `/metrics`.
 //! * [`docs`] — the OpenAPI document and Swagger UI at `/docs`.
 //! * [`error`] — the one JSON error shape every 4xx/5xx uses.
@@ -20,6 +21,7 @@ pub mod batch;
 pub mod browser;
 pub mod docs;
 pub mod error;
+pub mod fuzzing;
 pub mod guard;
 pub mod http_errors;
 pub mod lookup;
