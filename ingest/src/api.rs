@@ -190,11 +190,13 @@ pub struct CreateTimer {
     /// sub-millisecond parts round up. Give this or `delay_ms`.
     pub fire_at: Option<String>,
     /// Due time relative to now, in milliseconds (≥ 0).
+    #[serde(default, deserialize_with = "chime_wire::command::opt_whole")]
     pub delay_ms: Option<i64>,
+    #[serde(deserialize_with = "chime_wire::command::object")]
     #[schema(value_type = crate::docs::CallbackSchema)]
     pub callback: Callback,
     /// How failed callbacks are retried; the dispatcher's defaults when absent.
-    #[serde(default, deserialize_with = "chime_wire::command::null_as_default")]
+    #[serde(default, deserialize_with = "chime_wire::command::null_or_object")]
     #[schema(value_type = crate::docs::RetryPolicySchema)]
     pub retry: RetryPolicy,
 }
@@ -206,15 +208,20 @@ pub struct TimerCreated {
     pub fire_at: String,
 }
 
+/// A whole number, `null` or absent meaning 0.
+fn legacy_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    chime_wire::command::opt_whole(d).map(Option::unwrap_or_default)
+}
+
 /// Body of the original `POST /timers`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateLegacyTimer {
-    #[serde(default, deserialize_with = "chime_wire::command::null_as_default")]
+    #[serde(default, deserialize_with = "legacy_number")]
     pub hours: i64,
-    #[serde(default, deserialize_with = "chime_wire::command::null_as_default")]
+    #[serde(default, deserialize_with = "legacy_number")]
     pub minutes: i64,
-    #[serde(default, deserialize_with = "chime_wire::command::null_as_default")]
+    #[serde(default, deserialize_with = "legacy_number")]
     pub seconds: i64,
     /// The fire is a `POST {url}/{id}` with an empty body.
     pub url: String,

@@ -47,6 +47,133 @@ where
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
+/// A struct read only from a JSON object. (serde's derived structs also read
+/// a JSON array of the field values in order, so `"retry": [1, 2]` would pass.)
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(MapOnly(deserializer)).map(Object)
+    }
+}
+
+/// A struct field read only from a JSON object (see [`Object`]).
+pub fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Object::<T>::deserialize(deserializer).map(|o| o.0)
+}
+
+/// An optional struct field: `null` or absent means the default, else a JSON
+/// object (see [`Object`]).
+pub fn null_or_object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<Object<T>>::deserialize(deserializer)?
+        .map(|o| o.0)
+        .unwrap_or_default())
+}
+
+/// Asks for a map where a struct is asked for; everything else as is.
+struct MapOnly<D>(D);
+
+impl<'de, D: serde::Deserializer<'de>> serde::Deserializer<'de> for MapOnly<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, D::Error> {
+        self.0.deserialize_any(v)
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(v)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
+    }
+}
+
+/// A JSON number that is a whole number, as `T`: JSON Schema's `integer`
+/// (and JavaScript's numbers) include `5.0` and `1e3`, which serde's integer
+/// types refuse.
+pub fn whole<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    let n = deserializer.deserialize_any(WholeNumber)?;
+    T::try_from(n)
+        .map_err(|_| serde::de::Error::custom(format!("{n} is out of range for this field")))
+}
+
+/// [`whole`] for an optional field (`null` or absent: none).
+pub fn opt_whole<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    struct Opt;
+    impl<'de> serde::de::Visitor<'de> for Opt {
+        type Value = Option<i128>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a whole number or null")
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(WholeNumber).map(Some)
+        }
+    }
+    match deserializer.deserialize_option(Opt)? {
+        None => Ok(None),
+        Some(n) => T::try_from(n)
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{n} is out of range for this field"))),
+    }
+}
+
+struct WholeNumber;
+
+impl serde::de::Visitor<'_> for WholeNumber {
+    type Value = i128;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a whole number")
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<i128, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<i128, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i128, E> {
+        // Exactly representable whole numbers only (|v| < 2^63 keeps the cast exact).
+        if v.fract() == 0.0 && v.abs() < 9.223_372_036_854_775_807e18 {
+            Ok(v as i128)
+        } else {
+            Err(E::custom(format!("{v} is not a whole number")))
+        }
+    }
+}
+
 fn method_or_default<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<String, D::Error> {
@@ -68,6 +195,7 @@ pub struct TimerSpec {
     pub id: String,
     /// Due time, unix milliseconds.
     pub fire_at_ms: u64,
+    #[serde(deserialize_with = "object")]
     pub callback: Callback,
     /// Delivery attempt this firing is (1 for a fresh timer; retries count up).
     #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
@@ -75,7 +203,7 @@ pub struct TimerSpec {
     /// How failed calls are retried; the dispatcher's defaults fill what is absent.
     #[serde(
         default,
-        deserialize_with = "null_as_default",
+        deserialize_with = "null_or_object",
         skip_serializing_if = "RetryPolicy::is_default"
     )]
     pub retry: RetryPolicy,
@@ -91,16 +219,32 @@ pub struct TimerSpec {
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Most calls made for one firing, the first included (≥ 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "opt_whole",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_attempts: Option<u32>,
     /// Backoff after the first failed attempt; doubles each attempt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "opt_whole",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub initial_backoff_ms: Option<u64>,
     /// Longest backoff between two attempts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "opt_whole",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_backoff_ms: Option<u64>,
     /// No attempt starts later than this long after the first attempt's due time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "opt_whole",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub deadline_ms: Option<u64>,
 }
 
@@ -301,6 +445,12 @@ impl TimerCommand {
     /// that is what sends a cancel to the same partition as its schedule.
     pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<TimerCommand, FieldError> {
         let value = value.ok_or_else(|| FieldError::new("value", "record has no value"))?;
+        if value.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(FieldError::new(
+                "value",
+                "not a timer command: must be a JSON object",
+            ));
+        }
         let command: TimerCommand = serde_json::from_slice(value)
             .map_err(|e| FieldError::new("value", format!("not a timer command: {e}")))?;
         match &command {
@@ -385,6 +535,32 @@ mod tests {
         assert_eq!(s.callback.method, "POST");
         assert!(s.callback.headers.is_empty() && s.callback.body.is_empty());
         assert!(s.retry.is_default());
+    }
+
+    #[test]
+    fn structs_are_objects_and_whole_floats_are_integers() {
+        let decode = |v: &str| TimerCommand::decode(Some(b"a"), Some(v.as_bytes()));
+        let base =
+            r#"{"op":"schedule","id":"a","fire_at_ms":5,"callback":{"url":"https://x.example/"}"#;
+        for bad in [
+            r#"{"op":"schedule","id":"a","fire_at_ms":5,"callback":["https://x.example/"]}"#,
+            &format!("{base},\"retry\":[3]}}"),
+            &format!("{base},\"retry\":{{\"max_attempts\":1.5}}}}"),
+            &format!("{base},\"retry\":{{\"max_attempts\":-1}}}}"),
+            r#"["schedule","a",5,{"url":"https://x.example/"}]"#,
+        ] {
+            assert!(decode(bad).is_err(), "{bad}");
+        }
+        let TimerCommand::Schedule(s) = decode(&format!(
+            "{base},\"retry\":{{\"max_attempts\":3.0,\"deadline_ms\":1e3}}}}"
+        ))
+        .unwrap() else {
+            panic!("not a schedule")
+        };
+        assert_eq!(
+            (s.retry.max_attempts, s.retry.deadline_ms),
+            (Some(3), Some(1000))
+        );
     }
 
     #[test]
