@@ -166,7 +166,7 @@ impl serde::de::Visitor<'_> for WholeNumber {
 
     fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i128, E> {
         // Exactly representable whole numbers only (|v| < 2^63 keeps the cast exact).
-        if v.fract() == 0.0 && v.abs() < 9.223_372_036_854_775_807e18 {
+        if v.fract() == 0.0 && v.abs() < 2f64.powi(63) {
             Ok(v as i128)
         } else {
             Err(E::custom(format!("{v} is not a whole number")))
