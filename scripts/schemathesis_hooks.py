@@ -165,7 +165,8 @@ def before_call(context, case, kwargs):
     if path == "/v1/timers":
         _fix_create(case.body)
     elif path == "/v1/timers/batch" and isinstance(case.body, dict):
-        for item in case.body.get("timers") or []:
+        items = case.body.get("timers")
+        for item in items if isinstance(items, list) else []:
             _fix_create(item)
     elif path == "/timers":
         _fix_legacy(case.body)
