@@ -174,6 +174,10 @@ struct IngestArgs {
     /// Most headers in one request (413 above it).
     #[arg(long, env = "CHIME_MAX_HEADERS", default_value_t = 64)]
     max_headers: usize,
+    /// Browser origins allowed to call the API cross-origin (CORS), comma
+    /// separated (`https://app.example`, or `*` for any); none by default.
+    #[arg(long, env = "CHIME_CORS_ORIGINS", default_value = "")]
+    cors_origins: String,
 }
 
 #[derive(Args, Clone)]
@@ -231,6 +235,10 @@ struct DispatcherArgs {
     /// Non-public callback networks allowed anyway: CIDRs, comma-separated.
     #[arg(long, env = "CHIME_CALLBACK_ALLOW", default_value = "", value_parser = parse_callback_allow)]
     callback_allow: chime_dispatcher::address::AddressPolicy,
+    /// Callback networks refused even though public: CIDRs, comma-separated
+    /// (`0.0.0.0/0,::/0` confines callbacks to CHIME_CALLBACK_ALLOW).
+    #[arg(long, env = "CHIME_CALLBACK_DENY", default_value = "", value_parser = parse_callback_deny)]
+    callback_deny: chime_dispatcher::address::AddressPolicy,
     /// Secret for the chime-signature header (HMAC-SHA256); unsigned without it.
     #[arg(long, env = "CHIME_SIGNING_SECRET", hide_env_values = true)]
     signing_secret: Option<String>,
@@ -248,7 +256,19 @@ struct DispatcherArgs {
 
 fn parse_callback_allow(list: &str) -> Result<chime_dispatcher::address::AddressPolicy, String> {
     chime_dispatcher::address::AddressPolicy::parse_allow(list)
-        .map(|allow| chime_dispatcher::address::AddressPolicy { allow })
+        .map(|allow| chime_dispatcher::address::AddressPolicy {
+            allow,
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())
+}
+
+fn parse_callback_deny(list: &str) -> Result<chime_dispatcher::address::AddressPolicy, String> {
+    chime_dispatcher::address::AddressPolicy::parse_deny(list)
+        .map(|deny| chime_dispatcher::address::AddressPolicy {
+            deny,
+            ..Default::default()
+        })
         .map_err(|e| e.to_string())
 }
 
@@ -265,6 +285,7 @@ impl IngestArgs {
             .collect();
         c.max_batch = self.max_batch;
         c.max_headers = self.max_headers;
+        c.cors_origins = chime_ingest::browser::parse_origins(&self.cors_origins);
         c
     }
 }
@@ -297,6 +318,7 @@ impl DispatcherArgs {
         c.max_in_flight_per_partition = self.max_in_flight_per_partition;
         c.wait_in_place_below = Duration::from_millis(self.retry_in_place_below_ms);
         c.addresses = self.callback_allow.clone();
+        c.addresses.deny = self.callback_deny.deny.clone();
         c.signing_secret = self
             .signing_secret
             .as_ref()

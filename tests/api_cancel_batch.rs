@@ -143,7 +143,7 @@ async fn batch_of_a_thousand_with_bad_items() {
             json!({"delay_ms": 500, "colour": "red", "callback": {"url": receiver.url("/bad")}}),
             "colour",
         ),
-        (999, json!("not an object"), "body"),
+        (999, json!("not an object"), "timers[999]"),
     ];
     let timers: Vec<Value> = (0..1000)
         .map(|i| match bad.iter().find(|b| b.0 == i) {

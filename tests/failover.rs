@@ -30,6 +30,7 @@ async fn a_cancel_after_failover_still_revokes_a_fire_emitted_ahead() {
     dispatcher.addresses = chime_dispatcher::address::AddressPolicy {
         allow: chime_dispatcher::address::AddressPolicy::parse_allow("127.0.0.0/8")
             .expect("loopback CIDR"),
+        ..Default::default()
     };
     dispatcher.session_timeout = Duration::from_secs(6);
     let dispatcher = tokio::spawn(chime_dispatcher::serve(dispatcher, stop.clone()));

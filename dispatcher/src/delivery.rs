@@ -307,6 +307,18 @@ impl Delivery {
                 HeaderValue::from_str(&signature).map_err(|e| permanent(e.to_string()))?,
             );
         }
+        // An empty body goes out with no framing header at all unless asked
+        // for; a POST, PUT or PATCH says `content-length: 0` (RFC 9110 §8.6).
+        if cb.body.is_empty()
+            && [
+                reqwest::Method::POST,
+                reqwest::Method::PUT,
+                reqwest::Method::PATCH,
+            ]
+            .contains(&method)
+        {
+            headers.insert(reqwest::header::CONTENT_LENGTH, HeaderValue::from(0));
+        }
         let response = self
             .http
             .request(method, url)

@@ -7,6 +7,12 @@
 //! * `POST /v1/timers/batch` — see [`crate::batch`].
 //! * `POST /timers`, `GET /timers/{id}` — the original service's API.
 //! * `/healthz`, `/readyz`, `/metrics` — see [`crate::ops`].
+//!
+//! Around them: the browser rules ([`crate::browser`]), JSON bodies for the
+//! router's own 404/405 ([`crate::http_errors`]), the header-count limit, API
+//! keys and request counting ([`crate::guard`]). Request bodies must be
+//! `application/json` and one JSON object with nothing after it
+//! ([`parse_body`], which the fuzz targets call directly).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +21,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::handler::Handler;
-use axum::http::{Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::routing::{delete, get, post};
 use axum::{middleware, Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -30,12 +36,18 @@ use chime_wire::{Callback, RetryPolicy, StatusSource, TimerCommand, TimerSpec, T
 
 use crate::error::{ApiError, ErrorBody};
 use crate::lookup::TimerLookup;
+use crate::recent::RecentCreates;
 use crate::timer_log::TimerLog;
 use crate::IngestConfig;
 
 /// Longest a create with a client-chosen id waits to learn whether that id is
 /// already pending; past it the create goes ahead (a re-schedule).
 const DUPLICATE_CHECK_BUDGET: Duration = Duration::from_secs(1);
+
+/// How far in the past a `fire_at` may be (it then fires at once). Older
+/// times are refused: they are mistakes (seconds for milliseconds, a zero
+/// date), and would fire at once with an absurd lateness.
+pub const MAX_PAST: Duration = Duration::from_secs(3600);
 
 pub struct AppState {
     pub config: IngestConfig,
@@ -45,6 +57,8 @@ pub struct AppState {
     /// The engine in this process (`chime all`), if any.
     pub local_engine: Option<Arc<dyn StatusSource>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Creates acknowledged in the last minute (see [`crate::recent`]).
+    pub recent: RecentCreates,
 }
 
 impl AppState {
@@ -58,6 +72,7 @@ impl AppState {
             kafka: KafkaProbe::new(&config.bootstrap, &config.topics.timers)?,
             local_engine,
             metrics: chime_telemetry::recorder(),
+            recent: RecentCreates::default(),
             config,
         })
     }
@@ -131,6 +146,9 @@ pub fn routes() -> RouteTable {
         .post("/v1/timers/batch", crate::batch::create_batch)
         .get("/v1/timers/{id}", timer_status)
         .delete("/v1/timers/{id}", cancel_timer)
+        // The static batch path would shadow the timer whose id is `batch`.
+        .get("/v1/timers/batch", batch_timer_status)
+        .delete("/v1/timers/batch", cancel_batch_timer)
         .post("/timers", create_legacy_timer)
         .get("/timers/{id}", legacy_timer_status)
         .get("/healthz", crate::ops::healthz)
@@ -148,9 +166,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(table.open)
         .merge(crate::docs::swagger())
         .route_layer(middleware::from_fn(crate::guard::count_requests))
+        .layer(middleware::from_fn(crate::http_errors::json_fallbacks))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::guard::limit_headers,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::browser::guard,
         ))
         .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
         .with_state(state)
@@ -167,11 +190,13 @@ pub struct CreateTimer {
     /// sub-millisecond parts round up. Give this or `delay_ms`.
     pub fire_at: Option<String>,
     /// Due time relative to now, in milliseconds (≥ 0).
+    #[serde(default, deserialize_with = "chime_wire::command::opt_whole")]
     pub delay_ms: Option<i64>,
+    #[serde(deserialize_with = "chime_wire::command::object")]
     #[schema(value_type = crate::docs::CallbackSchema)]
     pub callback: Callback,
     /// How failed callbacks are retried; the dispatcher's defaults when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "chime_wire::command::null_or_object")]
     #[schema(value_type = crate::docs::RetryPolicySchema)]
     pub retry: RetryPolicy,
 }
@@ -183,15 +208,20 @@ pub struct TimerCreated {
     pub fire_at: String,
 }
 
+/// A whole number, `null` or absent meaning 0.
+fn legacy_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    chime_wire::command::opt_whole(d).map(Option::unwrap_or_default)
+}
+
 /// Body of the original `POST /timers`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateLegacyTimer {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "legacy_number")]
     pub hours: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "legacy_number")]
     pub minutes: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "legacy_number")]
     pub seconds: i64,
     /// The fire is a `POST {url}/{id}` with an empty body.
     pub url: String,
@@ -281,9 +311,10 @@ pub struct CancelAccepted {
 )]
 pub async fn create_timer(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<TimerCreated>), ApiError> {
-    let req: CreateTimer = parse_json(body, &state.config)?;
+    let req: CreateTimer = parse_json(&headers, body, &state.config)?;
     let timer = new_timer(req, &state.config, now_ms())?;
     let created = schedule(&state, timer).await?;
     Ok((StatusCode::CREATED, Json(created)))
@@ -312,7 +343,20 @@ pub fn new_timer(req: CreateTimer, config: &IngestConfig, now: u64) -> Result<Ne
                 "missing: give fire_at (RFC 3339) or delay_ms",
             ))
         }
-        (Some(at), None) => parse_fire_at(at)?,
+        (Some(at), None) => {
+            let at = parse_fire_at(at)?;
+            let oldest = now.saturating_sub(MAX_PAST.as_millis() as u64);
+            if at < oldest {
+                return Err(ApiError::bad_field(
+                    "fire_at",
+                    format!(
+                        "is more than {} minutes in the past",
+                        MAX_PAST.as_secs() / 60
+                    ),
+                ));
+            }
+            at
+        }
         (None, Some(delay)) if delay < 0 => {
             return Err(ApiError::bad_field("delay_ms", "must not be negative"))
         }
@@ -324,7 +368,10 @@ pub fn new_timer(req: CreateTimer, config: &IngestConfig, now: u64) -> Result<Ne
         let field = if by_delay { "delay_ms" } else { "fire_at" };
         return Err(ApiError::bad_field(
             field,
-            format!("is more than {} days ahead", horizon / 86_400_000),
+            format!(
+                "is more than {} days ahead (the horizon)",
+                horizon / 86_400_000
+            ),
         ));
     }
     let id_given = req.id.is_some();
@@ -344,10 +391,11 @@ pub fn new_timer(req: CreateTimer, config: &IngestConfig, now: u64) -> Result<Ne
     })
 }
 
-/// Appends the schedule command unless it duplicates the pending timer.
+/// Appends the schedule command unless it repeats a create of the same id
+/// and spec (see [`duplicate_of`]).
 pub async fn schedule(state: &AppState, timer: NewTimer) -> Result<TimerCreated, ApiError> {
     if timer.id_given {
-        if let Some(fire_at_ms) = pending_duplicate(state, &timer).await {
+        if let Some(fire_at_ms) = duplicate_of(state, &timer).await {
             return Ok(TimerCreated {
                 id: timer.spec.id,
                 fire_at: format_ms(fire_at_ms),
@@ -358,32 +406,60 @@ pub async fn schedule(state: &AppState, timer: NewTimer) -> Result<TimerCreated,
         .log
         .append(&TimerCommand::Schedule(timer.spec.clone()))
         .await?;
+    state.recent.remember(&timer.spec, now_ms());
     Ok(TimerCreated {
         fire_at: format_ms(timer.spec.fire_at_ms),
         id: timer.spec.id,
     })
 }
 
-/// The due time of the pending timer `timer` repeats, if it does.
-async fn pending_duplicate(state: &AppState, timer: &NewTimer) -> Option<u64> {
-    let status = tokio::time::timeout(
-        DUPLICATE_CHECK_BUDGET,
-        state.lookup.status_now(&timer.spec.id),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let TimerStatus::Pending { fire_at_ms, spec } = status else {
-        return None;
-    };
-    let Ok(TimerCommand::Schedule(existing)) = serde_json::from_str(&spec) else {
-        return None;
-    };
-    let same = existing.callback == timer.spec.callback
-        && existing.retry == timer.spec.retry
-        && existing.attempt == 1
-        && (timer.by_delay || fire_at_ms == timer.spec.fire_at_ms);
-    same.then_some(fire_at_ms)
+/// The due time of the create `timer` repeats, if it repeats one: the same
+/// callback and retry policy and, unless the time was given as `delay_ms`,
+/// the same due time — either as the pending timer the owning engine reports,
+/// or as a create this ingest acknowledged in the last minute that the
+/// engine has not shown to be fired or cancelled since (it may not have read
+/// it yet; see [`crate::recent`]).
+async fn duplicate_of(state: &AppState, timer: &NewTimer) -> Option<u64> {
+    let spec = &timer.spec;
+    // As the owner knows it now: a create it has not applied yet is in
+    // `recent`, so waiting for the owner to catch up would only add latency.
+    let status = tokio::time::timeout(DUPLICATE_CHECK_BUDGET, state.lookup.status_now(&spec.id))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let remembered = state.recent.get(&spec.id, now_ms());
+    match status {
+        Some(TimerStatus::Pending {
+            fire_at_ms,
+            spec: pending,
+        }) => {
+            if let Ok(TimerCommand::Schedule(existing)) = serde_json::from_str(&pending) {
+                let same = existing.callback == spec.callback
+                    && existing.retry == spec.retry
+                    && existing.attempt == 1
+                    && (timer.by_delay || fire_at_ms == spec.fire_at_ms);
+                if same {
+                    return Some(fire_at_ms);
+                }
+            }
+        }
+        // The remembered create has fired, or was cancelled after it: a new timer.
+        Some(TimerStatus::Fired { fire_at_ms, .. })
+            if remembered.is_some_and(|r| r.fire_at_ms == fire_at_ms) =>
+        {
+            return None
+        }
+        Some(TimerStatus::Cancelled { cancelled_at_ms })
+            if remembered.is_some_and(|r| cancelled_at_ms >= r.acked_at_ms) =>
+        {
+            return None
+        }
+        _ => {}
+    }
+    let remembered = remembered?;
+    let same = remembered.fingerprint == state.recent.fingerprint(spec)
+        && (timer.by_delay || remembered.fire_at_ms == spec.fire_at_ms);
+    same.then_some(remembered.fire_at_ms)
 }
 
 /// A timer's state, asked of the engine that owns its partition.
@@ -404,7 +480,29 @@ pub async fn timer_status(
     State(state): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TimerState>, ApiError> {
-    let id = path_id(id)?;
+    status_of(&state, path_id(id)?).await
+}
+
+/// The state of the timer whose id is `batch` (`GET /v1/timers/{id}` for
+/// that id, which the batch route's path would otherwise shadow).
+#[utoipa::path(
+    get, path = "/v1/timers/batch", tag = "timers",
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "Pending, fired (with lateness) or cancelled", body = TimerState),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "No timer with the id `batch`, or forgotten", body = ErrorBody),
+        (status = 503, description = "The timer's partition is loading or its owner cannot be reached", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
+pub async fn batch_timer_status(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<TimerState>, ApiError> {
+    status_of(&state, "batch".to_string()).await
+}
+
+async fn status_of(state: &AppState, id: String) -> Result<Json<TimerState>, ApiError> {
     let status = state.lookup.status(&id).await?;
     let now = now_ms();
     let mut answer = TimerState {
@@ -441,8 +539,13 @@ pub async fn timer_status(
             answer.state = TimerStateName::Cancelled;
             answer.cancelled_at = Some(format_ms(cancelled_at_ms));
         }
-        TimerStatus::Unknown { .. } | TimerStatus::NotOwned | TimerStatus::Loading => {
-            return Err(not_found(&answer.id))
+        TimerStatus::Unknown { .. } => return Err(not_found(&answer.id)),
+        // The lookup answers these itself (503); kept exact should it not.
+        TimerStatus::NotOwned | TimerStatus::Loading => {
+            return Err(ApiError::unavailable(
+                "the timer's partition is moving between engines or loading; retry shortly",
+                1,
+            ))
         }
     }
     Ok(Json(answer))
@@ -466,11 +569,35 @@ pub async fn cancel_timer(
     State(state): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<(StatusCode, Json<CancelAccepted>), ApiError> {
-    let id = path_id(id)?;
+    cancel(&state, path_id(id)?).await
+}
+
+/// Cancel the timer whose id is `batch` (`DELETE /v1/timers/{id}` for that id).
+#[utoipa::path(
+    delete, path = "/v1/timers/batch", tag = "timers",
+    security((), ("api_key" = [])),
+    responses(
+        (status = 202, description = "Kafka acknowledged the cancel command", body = CancelAccepted),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 503, description = "Kafka did not acknowledge in time", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
+pub async fn cancel_batch_timer(
+    State(state): State<Arc<AppState>>,
+) -> Result<(StatusCode, Json<CancelAccepted>), ApiError> {
+    cancel(&state, "batch".to_string()).await
+}
+
+async fn cancel(
+    state: &AppState,
+    id: String,
+) -> Result<(StatusCode, Json<CancelAccepted>), ApiError> {
     state
         .log
         .append(&TimerCommand::Cancel { id: id.clone() })
         .await?;
+    state.recent.forget(&id);
     Ok((
         StatusCode::ACCEPTED,
         Json(CancelAccepted {
@@ -497,51 +624,103 @@ pub async fn cancel_timer(
 )]
 pub async fn create_legacy_timer(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<LegacyTimerCreated>, ApiError> {
-    let req: CreateLegacyTimer = parse_json(body, &state.config)?;
-    for (field, value) in [
-        ("hours", req.hours),
-        ("minutes", req.minutes),
-        ("seconds", req.seconds),
-    ] {
-        if value < 0 {
-            return Err(ApiError::bad_field(field, "must not be negative"));
-        }
-    }
-    let seconds = (req.hours as u64)
-        .saturating_mul(3600)
-        .saturating_add((req.minutes as u64).saturating_mul(60))
-        .saturating_add(req.seconds as u64);
-    if seconds.saturating_mul(1000) > state.config.horizon.as_millis() as u64 {
-        return Err(ApiError::bad_field("hours", "the timer is too far ahead"));
-    }
-    let id = new_id();
-    let spec = TimerSpec {
-        fire_at_ms: now_ms().saturating_add(seconds * 1000),
-        callback: Callback {
-            url: format!("{}/{id}", req.url.trim_end_matches('/')),
-            method: "POST".into(),
-            headers: Default::default(),
-            body: String::new(),
-        },
-        id,
-        attempt: 1,
-        retry: RetryPolicy::default(),
-        first_fire_at_ms: None,
-    };
-    check_spec(&spec, &state.config).map_err(|e| match e.body.field.as_deref() {
-        Some("callback.url") => ApiError::bad_field("url", e.body.error),
-        _ => e,
-    })?;
+    let req: CreateLegacyTimer = parse_json(&headers, body, &state.config)?;
+    let (spec, time_left) = legacy_timer(req, &state.config, now_ms(), new_id())?;
     state
         .log
         .append(&TimerCommand::Schedule(spec.clone()))
         .await?;
     Ok(Json(LegacyTimerCreated {
         id: spec.id,
-        time_left: seconds,
+        time_left,
     }))
+}
+
+/// Checks an original-API create and makes its timer `id`: fires in
+/// `hours:minutes:seconds` with a `POST` of an empty body to the URL with
+/// `/<id>` appended to its path (its query, if any, kept after that).
+/// Returns the timer and its seconds left.
+pub fn legacy_timer(
+    req: CreateLegacyTimer,
+    config: &IngestConfig,
+    now: u64,
+    id: String,
+) -> Result<(TimerSpec, u64), ApiError> {
+    let parts = [
+        ("hours", req.hours, 3600u64),
+        ("minutes", req.minutes, 60),
+        ("seconds", req.seconds, 1),
+    ];
+    for (field, value, _) in parts {
+        if value < 0 {
+            return Err(ApiError::bad_field(field, "must not be negative"));
+        }
+    }
+    let seconds_of = |value: i64, unit: u64| (value as u64).saturating_mul(unit);
+    let seconds = parts.iter().fold(0u64, |sum, (_, v, unit)| {
+        sum.saturating_add(seconds_of(*v, *unit))
+    });
+    let horizon_secs = config.horizon.as_secs();
+    if seconds > horizon_secs {
+        // Blame the field that contributes most (the larger unit on a tie).
+        let (field, _, _) = parts
+            .iter()
+            .rev()
+            .max_by_key(|(_, v, unit)| seconds_of(*v, *unit))
+            .copied()
+            .unwrap_or(parts[0]);
+        return Err(ApiError::bad_field(
+            field,
+            format!(
+                "the timer would be {seconds} s ahead, more than the horizon of {} days",
+                horizon_secs / 86_400
+            ),
+        ));
+    }
+    let as_url_error = |e: ApiError| match e.body.field.as_deref() {
+        Some("callback.url") => ApiError::bad_field(
+            "url",
+            e.body
+                .error
+                .strip_prefix("callback.url: ")
+                .unwrap_or(&e.body.error)
+                .to_string(),
+        ),
+        _ => e,
+    };
+    let checked = Callback {
+        url: req.url,
+        method: "POST".into(),
+        headers: Default::default(),
+        body: String::new(),
+    };
+    checked
+        .validate()
+        .map_err(ApiError::from)
+        .map_err(as_url_error)?;
+    let mut url = url::Url::parse(&checked.url)
+        .map_err(|e| ApiError::bad_field("url", format!("is not a URL: {e}")))?;
+    url.set_fragment(None);
+    url.path_segments_mut()
+        .map_err(|_| ApiError::bad_field("url", "cannot take a path"))?
+        .pop_if_empty()
+        .push(&id);
+    let spec = TimerSpec {
+        fire_at_ms: now.saturating_add(seconds.saturating_mul(1000)),
+        callback: Callback {
+            url: url.into(),
+            ..checked
+        },
+        id,
+        attempt: 1,
+        retry: RetryPolicy::default(),
+        first_fire_at_ms: None,
+    };
+    check_spec(&spec, config).map_err(as_url_error)?;
+    Ok((spec, seconds))
 }
 
 /// The original service's status: seconds left (rounded up), 0 once fired.
@@ -551,6 +730,7 @@ pub async fn create_legacy_timer(
     security((), ("api_key" = [])),
     responses(
         (status = 200, description = "Seconds left", body = LegacyTimerState),
+        (status = 400, description = "The id is not valid", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "Unknown, forgotten or cancelled", body = ErrorBody),
         (status = 503, description = "The timer's partition is loading or its owner cannot be reached", body = ErrorBody,
@@ -603,11 +783,15 @@ fn check_spec(spec: &TimerSpec, config: &IngestConfig) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Parses a JSON body, naming the field at fault on error.
+/// Parses a request's JSON body, naming the field at fault on error: the
+/// body must be `application/json` (415 otherwise: a browser page cannot
+/// send that cross-origin without a CORS pre-flight) within the size limit.
 pub fn parse_json<T: DeserializeOwned>(
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     config: &IngestConfig,
 ) -> Result<T, ApiError> {
+    require_json(headers)?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(None, "the request body", config.max_request_bytes)
@@ -615,17 +799,53 @@ pub fn parse_json<T: DeserializeOwned>(
             ApiError::bad_field("body", rejection.body_text())
         }
     })?;
+    parse_body(&body)
+}
+
+/// `Content-Type` must be `application/json` (any parameters, any case).
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let media_type = given
+        .as_deref()
+        .and_then(|v| v.split(';').next())
+        .map(str::trim);
+    if media_type.is_some_and(|m| m.eq_ignore_ascii_case("application/json")) {
+        return Ok(());
+    }
+    let mut e = ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        match given {
+            Some(t) => format!("content-type: {t:?} is not application/json"),
+            None => "content-type: missing; send the body as application/json".to_string(),
+        },
+    );
+    e.body.field = Some("content-type".into());
+    Err(e)
+}
+
+/// Parses one JSON object — nothing before or after it — into `T`, naming
+/// the field at fault on error. Pure: the fuzz targets call it directly.
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     // serde would also read a struct from a JSON array; the API takes objects.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::bad_field("body", "must be a JSON object"));
     }
-    let mut de = serde_json::Deserializer::from_slice(&body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = inner.to_string();
         ApiError::bad_field(field_of(&path, &message), strip_position(&message))
-    })
+    })?;
+    de.end().map_err(|_| {
+        ApiError::bad_field(
+            "body",
+            "unexpected data after the JSON object (send exactly one object)",
+        )
+    })?;
+    Ok(value)
 }
 
 /// The field a serde error is about: its path, plus the field named in a
@@ -633,7 +853,7 @@ pub fn parse_json<T: DeserializeOwned>(
 pub fn field_of(path: &str, message: &str) -> String {
     let path = match path {
         "." | "?" => "",
-        p => p,
+        p => p.trim_end_matches('.'), // a key `""` shows as a trailing dot
     };
     if message.starts_with("unknown field `") && !path.is_empty() {
         return path.to_string(); // the path already ends at the unknown field
@@ -641,7 +861,8 @@ pub fn field_of(path: &str, message: &str) -> String {
     let named = message
         .strip_prefix("missing field `")
         .or_else(|| message.strip_prefix("unknown field `"))
-        .and_then(|rest| rest.split('`').next());
+        .and_then(|rest| rest.split('`').next())
+        .filter(|name| !name.is_empty()); // `{"": 1}` names no field: its parent
     match (path, named) {
         ("", Some(name)) => name.to_string(),
         (p, Some(name)) => format!("{p}.{name}"),
@@ -704,6 +925,12 @@ mod tests {
         assert_eq!(field_of("?", "EOF while parsing a value"), "body");
         assert_eq!(field_of("delay_ms", "invalid type: string"), "delay_ms");
         assert_eq!(field_of(".", "expected value"), "body");
+        // Found by fuzzing: an unknown field with an empty name.
+        assert_eq!(field_of("", "unknown field ``, expected one of"), "body");
+        assert_eq!(
+            field_of("callback", "unknown field ``, expected"),
+            "callback"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::Json;
 use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -74,9 +75,10 @@ pub struct BatchCreated {
 )]
 pub async fn create_batch(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BatchCreated>, ApiError> {
-    let req: CreateBatch = parse_json(body, &state.config)?;
+    let req: CreateBatch = parse_json(&headers, body, &state.config)?;
     let limit = state.config.max_batch;
     if req.timers.len() > limit {
         let mut e = ApiError::too_large(Some("timers"), "timers", limit);
@@ -91,7 +93,7 @@ pub async fn create_batch(
     let results: Vec<BatchItemResult> = stream::iter(req.timers.into_iter().enumerate())
         .map(|(index, item)| async move {
             let outcome = async {
-                let req = parse_item(item)?;
+                let req = parse_item(index, item)?;
                 let timer = new_timer(req, &state.config, now)?;
                 schedule(state, timer).await
             }
@@ -124,10 +126,12 @@ pub async fn create_batch(
     }))
 }
 
-fn parse_item(item: serde_json::Value) -> Result<CreateTimer, ApiError> {
+/// Reads item `index` of a batch as a create; a field error names the field
+/// within the item, and an item that is not an object is `timers[index]`.
+pub fn parse_item(index: usize, item: serde_json::Value) -> Result<CreateTimer, ApiError> {
     if !item.is_object() {
         return Err(ApiError::bad_field(
-            "body",
+            format!("timers[{index}]"),
             "each timer must be a JSON object",
         ));
     }

@@ -3,6 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::{json, Value};
+
+use chime_wire::{MAX_ID_BYTES, REFUSED_CALLBACK_HEADERS, REFUSED_CALLBACK_METHODS};
+
 use axum::Router;
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -24,6 +28,8 @@ use crate::api::AppState;
         crate::batch::create_batch,
         crate::api::timer_status,
         crate::api::cancel_timer,
+        crate::api::batch_timer_status,
+        crate::api::cancel_batch_timer,
         crate::api::create_legacy_timer,
         crate::api::legacy_timer_status,
         crate::ops::healthz,
@@ -47,11 +53,328 @@ impl Modify for ApiKeyScheme {
     }
 }
 
-/// `/docs` (Swagger UI) and `/openapi.json`.
+/// `/docs` (Swagger UI) and `/openapi.json` ([`document`]).
 pub fn swagger() -> Router<std::sync::Arc<AppState>> {
     SwaggerUi::new("/docs")
-        .url("/openapi.json", ApiDoc::openapi())
+        .external_url_unchecked("/openapi.json", document())
         .into()
+}
+
+/// The OpenAPI document served at `/openapi.json`: the one generated from
+/// the handlers, with the request and answer schemas replaced by exact ones
+/// ([`schemas`]) — every limit the API enforces that JSON Schema can say —
+/// and the answers every route can give added to each operation.
+pub fn document() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    if let Some(components) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        // Answers never carry `null`: absent fields are left out.
+        for schema in components.values_mut() {
+            strip_null(schema);
+        }
+        for (name, schema) in schemas() {
+            components.insert(name.to_string(), schema);
+        }
+    }
+    let error = json!({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}});
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for (method, operation) in item.iter_mut() {
+                if let Some(params) = operation
+                    .get_mut("parameters")
+                    .and_then(Value::as_array_mut)
+                {
+                    for param in params.iter_mut().filter(|p| p["name"] == "id") {
+                        param["schema"] = id_schema();
+                        param["description"] =
+                            json!("The timer id: 1 to 256 bytes of UTF-8, no control characters");
+                    }
+                }
+                let Some(responses) = operation
+                    .get_mut("responses")
+                    .and_then(Value::as_object_mut)
+                else {
+                    continue;
+                };
+                let mut add = |status: &str, description: &str| {
+                    responses.entry(status.to_string()).or_insert_with(
+                        || json!({"description": description, "content": error.clone()}),
+                    );
+                };
+                add(
+                    "403",
+                    "A browser request from an origin not in CHIME_CORS_ORIGINS, or a Host \
+                     other than localhost while chime listens on loopback",
+                );
+                add(
+                    "413",
+                    "More request headers than CHIME_MAX_HEADERS (64); `limit` says it",
+                );
+                if method == "post" {
+                    add("415", "The body is not sent as `application/json`");
+                }
+                if path.contains("{id}") {
+                    add("400", "The id is not valid");
+                }
+            }
+        }
+    }
+    doc
+}
+
+fn strip_null(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(Value::Array(types)) = map.get_mut("type") {
+                types.retain(|t| t != "null");
+                if types.len() == 1 {
+                    let only = types[0].clone();
+                    map.insert("type".into(), only);
+                }
+            }
+            if let Some(Value::Array(variants)) = map.get_mut("oneOf") {
+                variants.retain(|v| v.get("type") != Some(&json!("null")));
+                if variants.len() == 1 {
+                    let only = variants[0].clone();
+                    map.remove("oneOf");
+                    if let Value::Object(inner) = only {
+                        for (k, v) in inner {
+                            map.entry(k).or_insert(v);
+                        }
+                    }
+                }
+            }
+            for value in map.values_mut() {
+                strip_null(value);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_null),
+        _ => {}
+    }
+}
+
+/// An HTTP token (RFC 9110): what header names and methods are made of.
+const TOKEN: &str = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+
+/// A regex matching exactly one of `words`, in any letter case (JSON Schema
+/// regexes have no case-insensitive flag).
+fn any_case(words: &[&str]) -> String {
+    let alternatives: Vec<String> = words
+        .iter()
+        .map(|w| {
+            w.chars()
+                .map(|c| {
+                    if c.is_ascii_alphabetic() {
+                        format!("[{}{}]", c.to_ascii_uppercase(), c.to_ascii_lowercase())
+                    } else if c.is_ascii_digit() || c == '-' {
+                        c.to_string()
+                    } else {
+                        format!("\\{c}")
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    format!("^({})$", alternatives.join("|"))
+}
+
+fn id_schema() -> Value {
+    json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_ID_BYTES,
+        "pattern": r"^[^\u0000-\u001f\u007f-\u009f]+$",
+        "description": "1 to 256 bytes of UTF-8 (JSON Schema counts characters; the limit is \
+                        in bytes), no control characters",
+        "example": "invoice-981",
+    })
+}
+
+/// The exact request schemas, and the answers whose generated form was wrong.
+fn schemas() -> Vec<(&'static str, Value)> {
+    let horizon_ms = crate::HORIZON_DAYS * 86_400_000;
+    let nullable_int = |min: u64, max: u64, description: &str| json!({"type": ["integer", "null"], "minimum": min, "maximum": max, "description": description});
+    let url = json!({
+        "type": "string",
+        "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^\u0000-\u0020\u007f-\u009f]+$",
+        "description": "An absolute `http://` or `https://` URL with a host, without spaces or \
+                        control characters.",
+        "example": "http://127.0.0.1:9000/hook",
+    });
+    let callback = json!({
+        "type": "object",
+        "description": "What to call when a timer fires. `null` for an optional field means \
+                        the same as leaving it out.",
+        "additionalProperties": false,
+        "required": ["url"],
+        "properties": {
+            "url": url,
+            "method": {
+                "type": ["string", "null"],
+                "pattern": TOKEN,
+                "not": {"type": "string", "pattern": any_case(REFUSED_CALLBACK_METHODS)},
+                "default": "POST",
+                "description": "HTTP method; `POST` when absent. `CONNECT` and `TRACE` are \
+                                refused.",
+            },
+            "headers": {
+                "type": ["object", "null"],
+                "description": "Extra request headers. Headers that steer the request rather \
+                                than add to it are refused, in any letter case: `host`, \
+                                hop-by-hop and framing headers, proxy credentials \
+                                (see docs/api.md).",
+                "propertyNames": {
+                    "pattern": TOKEN,
+                    "not": {"pattern": any_case(REFUSED_CALLBACK_HEADERS)},
+                },
+                "additionalProperties": {
+                    "type": "string",
+                    "pattern": r"^[^\u0000-\u0008\u000a-\u001f\u007f]*$",
+                },
+            },
+            "body": {
+                "type": ["string", "null"],
+                "maxLength": 65536,
+                "description": "Request body, sent as is: at most 64 KiB of UTF-8 (413 above).",
+            },
+        },
+    });
+    let u64_max = u64::MAX;
+    let retry = json!({
+        "type": ["object", "null"],
+        "description": "How failed callbacks are retried; the dispatcher's defaults fill what \
+                        is absent. `initial_backoff_ms` may not exceed `max_backoff_ms`.",
+        "additionalProperties": false,
+        "properties": {
+            "max_attempts": nullable_int(1, u32::MAX as u64, "Most calls for one firing, the first included."),
+            "initial_backoff_ms": nullable_int(0, u64_max, "Backoff after the first failed attempt; doubles each attempt."),
+            "max_backoff_ms": nullable_int(0, u64_max, "Longest backoff between two attempts."),
+            "deadline_ms": nullable_int(0, u64_max, "No attempt starts later than this after the first due time."),
+        },
+    });
+    let create = json!({
+        "type": "object",
+        "description": "Body of `POST /v1/timers` (and of each item of a batch). Give exactly \
+                        one of `fire_at` and `delay_ms`; `null` for an optional field means \
+                        the same as leaving it out.",
+        "additionalProperties": false,
+        "required": ["callback"],
+        "oneOf": [
+            {"required": ["fire_at"], "properties": {"fire_at": {"type": "string"}}},
+            {"required": ["delay_ms"], "properties": {"delay_ms": {"type": "integer"}}},
+        ],
+        "properties": {
+            "id": {
+                "anyOf": [id_schema(), {"type": "null"}],
+                "description": "Client-chosen id (1 to 256 bytes, no control characters) for \
+                                safe retries and later cancel; generated when absent.",
+            },
+            "fire_at": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "Absolute due time, RFC 3339 (e.g. `2026-11-28T14:03:07.250Z`); \
+                                sub-millisecond parts round up. At most 1 hour in the past \
+                                (it then fires at once) and 3,660 days ahead.",
+            },
+            "delay_ms": nullable_int(0, horizon_ms, "Due time relative to now, in milliseconds: 0 to 3,660 days."),
+            "callback": {"$ref": "#/components/schemas/Callback"},
+            "retry": {"$ref": "#/components/schemas/RetryPolicy"},
+        },
+        "example": {
+            "id": "invoice-981",
+            "delay_ms": 60000,
+            "callback": {"url": "http://127.0.0.1:9000/hook", "body": "{\"invoice\": 981}"},
+        },
+    });
+    let legacy = json!({
+        "type": "object",
+        "description": "Body of the original `POST /timers`: fires in hours:minutes:seconds \
+                        (each 0 when absent or null; 3,660 days at most in all) with a `POST` \
+                        of an empty body to `url` with `/<id>` appended to its path.",
+        "additionalProperties": false,
+        "required": ["url"],
+        "properties": {
+            "hours": nullable_int(0, crate::HORIZON_DAYS * 24, "Hours from now."),
+            "minutes": nullable_int(0, crate::HORIZON_DAYS * 24 * 60, "Minutes from now."),
+            "seconds": nullable_int(0, crate::HORIZON_DAYS * 24 * 3600, "Seconds from now."),
+            "url": callback["properties"]["url"].clone(),
+        },
+        "example": {"minutes": 1, "seconds": 30, "url": "http://127.0.0.1:9000/hook"},
+    });
+    let batch = json!({
+        "type": "object",
+        "description": "Body of `POST /v1/timers/batch`: up to CHIME_MAX_BATCH (default 1000) \
+                        timers. Each item is checked on its own as a `CreateTimer`; one that \
+                        is not valid fails alone, in its result, so the request as a whole \
+                        takes any items.",
+        "additionalProperties": false,
+        "required": ["timers"],
+        "properties": {
+            "timers": {
+                "type": "array",
+                "maxItems": 1000,
+                "items": {"description": "A CreateTimer (checked per item)."},
+            },
+        },
+        "example": {"timers": [
+            {"delay_ms": 1000, "callback": {"url": "http://127.0.0.1:9000/a"}},
+            {"id": "invoice-982", "delay_ms": 2000, "callback": {"url": "http://127.0.0.1:9000/b"}},
+        ]},
+    });
+    let item = json!({
+        "description": "The outcome of one item, in request order: created, or why not.",
+        "oneOf": [
+            {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["index", "status", "id", "fire_at"],
+                "properties": {
+                    "index": {"type": "integer", "minimum": 0},
+                    "status": {"const": 201},
+                    "id": {"type": "string"},
+                    "fire_at": {"type": "string", "format": "date-time"},
+                },
+            },
+            {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["index", "status", "error"],
+                "properties": {
+                    "index": {"type": "integer", "minimum": 0},
+                    "status": {"type": "integer", "minimum": 400, "maximum": 599,
+                               "description": "The status a single create would have answered."},
+                    "error": {"type": "string"},
+                    "field": {"type": "string", "description": "The field within the item at fault, or `timers[i]`."},
+                    "limit": {"type": "integer", "minimum": 0},
+                },
+            },
+        ],
+    });
+    let error = json!({
+        "type": "object",
+        "description": "Every error answer.",
+        "additionalProperties": false,
+        "required": ["error"],
+        "properties": {
+            "error": {"type": "string", "description": "What went wrong, for a person."},
+            "field": {"type": "string", "description": "The request field (dotted path) or part (`content-type`, `origin`, `host`, `headers`) at fault, when one is."},
+            "limit": {"type": "integer", "minimum": 0, "description": "The limit exceeded, for 413s."},
+        },
+    });
+    vec![
+        ("Callback", callback),
+        ("RetryPolicy", retry),
+        ("CreateTimer", create),
+        ("CreateLegacyTimer", legacy),
+        ("CreateBatch", batch),
+        ("BatchItemResult", item),
+        ("ErrorBody", error),
+    ]
 }
 
 /// What to call when a timer fires.
@@ -85,6 +408,23 @@ pub struct RetryPolicySchema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `cargo test -p chime-ingest --lib dump -- --ignored --nocapture`
+    /// prints the served document.
+    #[test]
+    #[ignore]
+    fn dump() {
+        println!("{}", serde_json::to_string_pretty(&document()).unwrap());
+    }
+
+    #[test]
+    fn refused_names_match_in_any_case() {
+        let re = any_case(&["te", "x-forwarded-host"]);
+        assert_eq!(
+            re,
+            "^([Tt][Ee]|[Xx]-[Ff][Oo][Rr][Ww][Aa][Rr][Dd][Ee][Dd]-[Hh][Oo][Ss][Tt])$"
+        );
+    }
 
     /// Walks the router's route table: every route it serves is in the document
     /// with its method, and the document lists nothing the router does not serve.

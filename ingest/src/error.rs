@@ -55,6 +55,13 @@ impl ApiError {
         }
     }
 
+    /// 403 naming the request part at fault (a browser's `origin`, the `host`).
+    pub fn forbidden(field: &str, message: impl Into<String>) -> Self {
+        let mut e = ApiError::new(StatusCode::FORBIDDEN, message);
+        e.body.field = Some(field.to_string());
+        e
+    }
+
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,

@@ -24,8 +24,7 @@ pub async fn require_api_key(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     let error = match given {
         None => "missing API key: send the header Authorization: Bearer <key>",
         Some(key) if keys.iter().any(|k| same_key(k.as_bytes(), key.as_bytes())) => {
@@ -39,6 +38,16 @@ pub async fn require_api_key(
         header::HeaderValue::from_static("Bearer"),
     );
     response
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is
+/// case-insensitive (RFC 9110 §11.1) and may be followed by several spaces.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Compares without stopping at the first differing byte, so response time
@@ -85,6 +94,22 @@ pub async fn count_requests(request: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in [
+            "Bearer k",
+            "bearer k",
+            "BEARER k",
+            "Bearer   k ",
+            "bEaReR k",
+        ] {
+            assert_eq!(bearer_token(value), Some("k"), "{value:?}");
+        }
+        for value in ["Basic k", "Bearer", "Bearer ", "Bearerk", "k"] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
+    }
 
     #[test]
     fn keys_compare_whole() {

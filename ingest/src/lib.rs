@@ -7,6 +7,10 @@
 //! * [`batch`] — `POST /v1/timers/batch`.
 //! * [`lookup`] — finding a timer's owning engine and asking it.
 //! * [`guard`] — API keys, the header-count limit, request metrics.
+//! * [`browser`] — CORS and the DNS-rebinding guard: which web pages may call.
+//! * [`http_errors`] — JSON bodies for the router's and the server's own errors.
+//! * [`recent`] — creates acknowledged a moment ago, for idempotent retries.
+//! * [`fuzzing`] — the properties the fuzz targets and property tests check.
 //! * [`ops`] — `/healthz`, `/readyz`, `/metrics`.
 //! * [`docs`] — the OpenAPI document and Swagger UI at `/docs`.
 //! * [`error`] — the one JSON error shape every 4xx/5xx uses.
@@ -14,11 +18,15 @@
 
 pub mod api;
 pub mod batch;
+pub mod browser;
 pub mod docs;
 pub mod error;
+pub mod fuzzing;
 pub mod guard;
+pub mod http_errors;
 pub mod lookup;
 pub mod ops;
+pub mod recent;
 pub mod timer_log;
 
 use std::sync::Arc;
@@ -28,6 +36,9 @@ use chime_wire::StatusSource;
 use chime_wire::Topics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// How far ahead a timer may be set, in days.
+pub const HORIZON_DAYS: u64 = 3660;
 
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
@@ -50,6 +61,11 @@ pub struct IngestConfig {
     /// When non-empty, `/v1` and original-API requests need `Authorization:
     /// Bearer <one of these>`.
     pub api_keys: Vec<String>,
+    /// Browser origins allowed to call cross-origin (`*`: any); none by default.
+    pub cors_origins: Vec<String>,
+    /// Answer only to `Host: localhost` or a loopback address (set by
+    /// [`serve`] when it listens on a loopback address).
+    pub loopback_only_hosts: bool,
 }
 
 impl IngestConfig {
@@ -62,9 +78,12 @@ impl IngestConfig {
             max_callback_body_bytes: 64 * 1024,
             max_headers: 64,
             max_batch: 1000,
-            horizon: Duration::from_secs(10 * 366 * 24 * 3600),
+            // 3,660 days: ten years of 366 days, so ten calendar years always fit.
+            horizon: Duration::from_secs(HORIZON_DAYS * 24 * 3600),
             ack_timeout: Duration::from_secs(5),
             api_keys: Vec::new(),
+            cors_origins: Vec::new(),
+            loopback_only_hosts: false,
         }
     }
 }
@@ -87,10 +106,13 @@ pub async fn serve_with_engine(
     local_engine: Option<Arc<dyn StatusSource>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut config = config;
+    let addr = listener.local_addr()?;
+    config.loopback_only_hosts = addr.ip().is_loopback();
     let state = Arc::new(api::AppState::new(config, local_engine)?);
     let app = api::router(state);
-    tracing::info!(addr = %listener.local_addr()?, "ingest listening");
-    axum::serve(listener, app)
+    tracing::info!(%addr, "ingest listening");
+    axum::serve(http_errors::JsonListener(listener), app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
     Ok(())

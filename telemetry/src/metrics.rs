@@ -24,7 +24,44 @@ pub fn recorder() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("another metrics recorder is installed; /metrics will be empty");
             }
+            describe();
             handle
         })
         .clone()
+}
+
+/// The `# HELP` text of every series chime records (docs/api.md, "Metrics").
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "chime_http_requests_total",
+        "HTTP requests answered by the REST API, by route, method and status"
+    );
+    describe_histogram!(
+        "chime_kafka_produce_seconds",
+        Unit::Seconds,
+        "Time from producing a command to Kafka's acknowledgement, by outcome"
+    );
+    describe_gauge!(
+        "chime_engine_pending_timers",
+        "Timers pending in the engine's timing wheel, by partition"
+    );
+    describe_gauge!(
+        "chime_engine_partitions",
+        "Partitions this engine owns, by state (live, loading)"
+    );
+    describe_histogram!(
+        "chime_engine_fire_lateness_seconds",
+        Unit::Seconds,
+        "How late the engine emitted each fire after its due time"
+    );
+    describe_histogram!(
+        "chime_engine_commit_seconds",
+        Unit::Seconds,
+        "Duration of each engine transaction commit"
+    );
+    describe_counter!(
+        "chime_dispatcher_outcomes_total",
+        "Callback attempts by class (delivered, retryable, permanent)"
+    );
 }

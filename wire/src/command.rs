@@ -16,18 +16,168 @@ pub struct Callback {
     /// An absolute `http://` or `https://` URL.
     pub url: String,
     /// HTTP method, `POST` unless said otherwise.
-    #[serde(default = "default_method")]
+    #[serde(default = "default_method", deserialize_with = "method_or_default")]
     pub method: String,
     /// Extra request headers.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub headers: BTreeMap<String, String>,
     /// Request body, sent as is.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub body: String,
 }
 
 fn default_method() -> String {
     "POST".to_string()
+}
+
+/// An optional field given as JSON `null` means the same as leaving it out.
+pub fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// A struct read only from a JSON object. (serde's derived structs also read
+/// a JSON array of the field values in order, so `"retry": [1, 2]` would pass.)
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(MapOnly(deserializer)).map(Object)
+    }
+}
+
+/// A struct field read only from a JSON object (see [`Object`]).
+pub fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Object::<T>::deserialize(deserializer).map(|o| o.0)
+}
+
+/// An optional struct field: `null` or absent means the default, else a JSON
+/// object (see [`Object`]).
+pub fn null_or_object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<Object<T>>::deserialize(deserializer)?
+        .map(|o| o.0)
+        .unwrap_or_default())
+}
+
+/// Asks for a map where a struct is asked for; everything else as is.
+struct MapOnly<D>(D);
+
+impl<'de, D: serde::Deserializer<'de>> serde::Deserializer<'de> for MapOnly<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, D::Error> {
+        self.0.deserialize_any(v)
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(v)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
+    }
+}
+
+/// A JSON number that is a whole number, as `T`: JSON Schema's `integer`
+/// (and JavaScript's numbers) include `5.0` and `1e3`, which serde's integer
+/// types refuse.
+pub fn whole<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    let n = deserializer.deserialize_any(WholeNumber)?;
+    T::try_from(n)
+        .map_err(|_| serde::de::Error::custom(format!("{n} is out of range for this field")))
+}
+
+/// [`whole`] for an optional field (`null` or absent: none).
+pub fn opt_whole<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    struct Opt;
+    impl<'de> serde::de::Visitor<'de> for Opt {
+        type Value = Option<i128>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a whole number or null")
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(WholeNumber).map(Some)
+        }
+    }
+    match deserializer.deserialize_option(Opt)? {
+        None => Ok(None),
+        Some(n) => T::try_from(n)
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{n} is out of range for this field"))),
+    }
+}
+
+struct WholeNumber;
+
+impl serde::de::Visitor<'_> for WholeNumber {
+    type Value = i128;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a whole number")
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<i128, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<i128, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i128, E> {
+        // Exactly representable whole numbers only (|v| < 2^63 keeps the cast exact).
+        if v.fract() == 0.0 && v.abs() < 2f64.powi(63) {
+            Ok(v as i128)
+        } else {
+            Err(E::custom(format!("{v} is not a whole number")))
+        }
+    }
+}
+
+fn method_or_default<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_else(default_method))
 }
 
 fn first_attempt() -> u32 {
@@ -45,12 +195,17 @@ pub struct TimerSpec {
     pub id: String,
     /// Due time, unix milliseconds.
     pub fire_at_ms: u64,
+    #[serde(deserialize_with = "object")]
     pub callback: Callback,
     /// Delivery attempt this firing is (1 for a fresh timer; retries count up).
     #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
     pub attempt: u32,
     /// How failed calls are retried; the dispatcher's defaults fill what is absent.
-    #[serde(default, skip_serializing_if = "RetryPolicy::is_default")]
+    #[serde(
+        default,
+        deserialize_with = "null_or_object",
+        skip_serializing_if = "RetryPolicy::is_default"
+    )]
     pub retry: RetryPolicy,
     /// On a retry (attempt > 1): the due time of the first attempt, which the
     /// idempotency key and the retry deadline are derived from.
@@ -64,16 +219,32 @@ pub struct TimerSpec {
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Most calls made for one firing, the first included (≥ 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "opt_whole",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_attempts: Option<u32>,
     /// Backoff after the first failed attempt; doubles each attempt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "opt_whole",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub initial_backoff_ms: Option<u64>,
     /// Longest backoff between two attempts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "opt_whole",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_backoff_ms: Option<u64>,
     /// No attempt starts later than this long after the first attempt's due time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "opt_whole",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub deadline_ms: Option<u64>,
 }
 
@@ -146,46 +317,102 @@ pub fn validate_id(id: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Request headers a callback may not set (compared case-insensitively): they
+/// steer where or how the request travels rather than what it says — the
+/// virtual host (`host` and its proxy spellings), hop-by-hop connection
+/// management, message framing (a wrong `content-length` drops the body or
+/// stalls the call), and proxy credentials.
+pub const REFUSED_CALLBACK_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "expect",
+    "forwarded",
+    "host",
+    "http2-settings",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "x-forwarded-host",
+];
+
+/// Methods a callback may not use (compared case-insensitively): `CONNECT`
+/// opens a tunnel (and drops the URL's path), `TRACE` echoes the request back.
+pub const REFUSED_CALLBACK_METHODS: &[&str] = &["CONNECT", "TRACE"];
+
+/// An HTTP token (RFC 9110 §5.6.2): what method and header names are made of.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 impl Callback {
     /// Checks what can be checked before delivery: an absolute http(s) URL with a
-    /// host, a valid method token, header names and values that HTTP can carry.
+    /// host, written plainly (no spaces or control characters for the URL
+    /// parser to repair); a method token other than the refused ones; header
+    /// names and values that HTTP can carry, none of them a refused header.
     pub fn validate(&self) -> Result<(), FieldError> {
-        let url = url::Url::parse(&self.url)
-            .map_err(|e| FieldError::new("callback.url", format!("is not a URL: {e}")))?;
-        if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(FieldError::new(
-                "callback.url",
-                format!("scheme must be http or https, not {:?}", url.scheme()),
+        let url_field = |message: String| FieldError::new("callback.url", message);
+        if self
+            .url
+            .chars()
+            .any(|c| c.is_ascii_whitespace() || c.is_control())
+        {
+            return Err(url_field(
+                "must not contain spaces or control characters".into(),
             ));
         }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(FieldError::new("callback.url", "has no host"));
+        let scheme_end = self.url.find("://").unwrap_or(0);
+        let scheme = &self.url[..scheme_end];
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Err(url_field(
+                "must be an absolute URL starting with http:// or https://".into(),
+            ));
         }
-        let method_ok = !self.method.is_empty()
-            && self
-                .method
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-        if !method_ok {
+        let url =
+            url::Url::parse(&self.url).map_err(|e| url_field(format!("is not a URL: {e}")))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(url_field("has no host".into()));
+        }
+        if !is_token(&self.method) {
             return Err(FieldError::new(
                 "callback.method",
                 format!("{:?} is not an HTTP method", self.method),
             ));
         }
+        if let Some(refused) = REFUSED_CALLBACK_METHODS
+            .iter()
+            .find(|m| m.eq_ignore_ascii_case(&self.method))
+        {
+            return Err(FieldError::new(
+                "callback.method",
+                format!("{refused} is not allowed for callbacks"),
+            ));
+        }
         for (name, value) in &self.headers {
-            let name_ok = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-            if !name_ok {
+            let field = || format!("callback.headers.{name}");
+            if !is_token(name) {
+                return Err(FieldError::new(field(), "is not a valid header name"));
+            }
+            if REFUSED_CALLBACK_HEADERS
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name))
+            {
                 return Err(FieldError::new(
-                    format!("callback.headers.{name}"),
-                    "is not a valid header name",
+                    field(),
+                    "may not be set by a callback: it steers the request rather than \
+                     adding to it (see the refused headers in docs/api.md)",
                 ));
             }
             if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
                 return Err(FieldError::new(
-                    format!("callback.headers.{name}"),
+                    field(),
                     "value contains control characters",
                 ));
             }
@@ -218,6 +445,12 @@ impl TimerCommand {
     /// that is what sends a cancel to the same partition as its schedule.
     pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<TimerCommand, FieldError> {
         let value = value.ok_or_else(|| FieldError::new("value", "record has no value"))?;
+        if value.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(FieldError::new(
+                "value",
+                "not a timer command: must be a JSON object",
+            ));
+        }
         let command: TimerCommand = serde_json::from_slice(value)
             .map_err(|e| FieldError::new("value", format!("not a timer command: {e}")))?;
         match &command {
@@ -293,6 +526,44 @@ mod tests {
     }
 
     #[test]
+    fn null_optional_fields_mean_absent() {
+        let v = br#"{"op":"schedule","id":"a","fire_at_ms":5,"retry":null,
+            "callback":{"url":"https://x.example/","method":null,"headers":null,"body":null}}"#;
+        let TimerCommand::Schedule(s) = TimerCommand::decode(Some(b"a"), Some(v)).unwrap() else {
+            panic!("not a schedule")
+        };
+        assert_eq!(s.callback.method, "POST");
+        assert!(s.callback.headers.is_empty() && s.callback.body.is_empty());
+        assert!(s.retry.is_default());
+    }
+
+    #[test]
+    fn structs_are_objects_and_whole_floats_are_integers() {
+        let decode = |v: &str| TimerCommand::decode(Some(b"a"), Some(v.as_bytes()));
+        let base =
+            r#"{"op":"schedule","id":"a","fire_at_ms":5,"callback":{"url":"https://x.example/"}"#;
+        for bad in [
+            r#"{"op":"schedule","id":"a","fire_at_ms":5,"callback":["https://x.example/"]}"#,
+            &format!("{base},\"retry\":[3]}}"),
+            &format!("{base},\"retry\":{{\"max_attempts\":1.5}}}}"),
+            &format!("{base},\"retry\":{{\"max_attempts\":-1}}}}"),
+            r#"["schedule","a",5,{"url":"https://x.example/"}]"#,
+        ] {
+            assert!(decode(bad).is_err(), "{bad}");
+        }
+        let TimerCommand::Schedule(s) = decode(&format!(
+            "{base},\"retry\":{{\"max_attempts\":3.0,\"deadline_ms\":1e3}}}}"
+        ))
+        .unwrap() else {
+            panic!("not a schedule")
+        };
+        assert_eq!(
+            (s.retry.max_attempts, s.retry.deadline_ms),
+            (Some(3), Some(1000))
+        );
+    }
+
+    #[test]
     fn cancel_decodes() {
         let v = br#"{"op":"cancel","id":"a"}"#;
         assert_eq!(
@@ -327,5 +598,79 @@ mod tests {
         let mut s = spec();
         s.callback.method = "GE T".into();
         assert_eq!(s.validate().unwrap_err().field, "callback.method");
+    }
+
+    #[test]
+    fn headers_that_steer_the_request_are_refused_in_any_case() {
+        for name in [
+            "Host",
+            "host",
+            "HOST",
+            "Connection",
+            "Proxy-Authorization",
+            "Upgrade",
+            "TE",
+            "Transfer-Encoding",
+            "Content-Length",
+            "Expect",
+            "Keep-Alive",
+            "Proxy-Connection",
+            "X-Forwarded-Host",
+            "Forwarded",
+        ] {
+            let mut s = spec();
+            s.callback.headers.insert(name.into(), "v".into());
+            let e = s.validate().unwrap_err();
+            assert_eq!(e.field, format!("callback.headers.{name}"), "{name}");
+        }
+        let mut s = spec();
+        s.callback
+            .headers
+            .insert("Authorization".into(), "Bearer x".into());
+        s.callback
+            .headers
+            .insert("Content-Type".into(), "application/json".into());
+        s.validate().expect("ordinary headers pass");
+    }
+
+    #[test]
+    fn connect_and_trace_are_refused() {
+        for method in ["CONNECT", "connect", "Trace"] {
+            let mut s = spec();
+            s.callback.method = method.into();
+            assert_eq!(
+                s.validate().unwrap_err().field,
+                "callback.method",
+                "{method}"
+            );
+        }
+        for method in ["GET", "PUT", "PATCH", "DELETE", "REPORT"] {
+            let mut s = spec();
+            s.callback.method = method.into();
+            s.validate().expect(method);
+        }
+    }
+
+    #[test]
+    fn urls_must_be_written_plainly() {
+        for url in [
+            " http://x.example/",
+            "http://x.example/a b",
+            "http://x.example/\r\nHost: y",
+            "http:x.example/",
+            "http:\\\\x.example/",
+            "ftp://x.example/",
+            "//x.example/",
+            "http://",
+        ] {
+            let mut s = spec();
+            s.callback.url = url.into();
+            assert_eq!(s.validate().unwrap_err().field, "callback.url", "{url:?}");
+        }
+        for url in ["HTTP://x.example/", "https://x.example:8443/a?b=c"] {
+            let mut s = spec();
+            s.callback.url = url.into();
+            s.validate().expect(url);
+        }
     }
 }

@@ -31,6 +31,7 @@ pub mod topics;
 pub use changelog::{ChangelogRecord, Finished};
 pub use command::{
     validate_id, Callback, FieldError, RetryPolicy, TimerCommand, TimerSpec, MAX_ID_BYTES,
+    REFUSED_CALLBACK_HEADERS, REFUSED_CALLBACK_METHODS,
 };
 pub use dead_letter::{lossy, DeadLetter};
 pub use fires::{Fire, FiresRecord, Revoke};
