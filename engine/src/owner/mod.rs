@@ -98,6 +98,9 @@ pub struct Owner {
     last_catch_up_check: Instant,
     /// When transactions were recently fenced.
     fenced: Vec<Instant>,
+    /// Counts changes to what the partitions' state asks of the loop
+    /// (ownership, rebuilds, catch-up), so the collect phase re-plans.
+    changes: u64,
     expired: Vec<Expired<TimerRecord, ()>>,
 }
 
@@ -143,6 +146,7 @@ impl Owner {
             retry_backoff: Duration::ZERO,
             last_catch_up_check: Instant::now(),
             fenced: Vec::new(),
+            changes: 0,
             expired: Vec::new(),
         })
     }
@@ -184,7 +188,11 @@ impl Owner {
     fn collect(&mut self) -> anyhow::Result<()> {
         let mut first_record_at: Option<Instant> = None;
         let idle_until = Instant::now() + IDLE_WAIT;
+        // What the partitions' state asks for changes only with that state,
+        // not with each input record: worked out again only after a change.
+        let mut planned: Option<Instant> = None;
         loop {
+            let generation = self.changes;
             self.apply_group_events()?;
             self.install_rebuilt();
             if self.last_catch_up_check.elapsed() >= CATCH_UP_CHECK {
@@ -194,7 +202,13 @@ impl Owner {
                 return Ok(());
             }
             let now = Instant::now();
-            let until = self.next_action(now, first_record_at).min(idle_until);
+            if planned.is_none() || generation != self.changes {
+                planned = Some(self.next_action(now));
+            }
+            let mut until = planned.unwrap_or(now).min(idle_until);
+            if let Some(t) = first_record_at {
+                until = until.min(t + self.config.tick);
+            }
             if until <= now {
                 return Ok(());
             }
@@ -216,16 +230,14 @@ impl Owner {
         }
     }
 
-    /// When the collect phase must end: a tick after the first input record,
-    /// when the earliest timer is to be emitted (due time less the lead, at
-    /// most one commit per tick), when a failed transaction is retried, when
-    /// a stalled partition may come back; soon while rebuilds run.
-    fn next_action(&self, now: Instant, first_record_at: Option<Instant>) -> Instant {
+    /// When the partitions' state asks the collect phase to end: when the
+    /// earliest timer is to be emitted (due time less the lead, at most one
+    /// commit per tick), when a failed transaction is retried, when a
+    /// stalled partition may come back; soon while rebuilds run. (A tick
+    /// after the first input record is the caller's.)
+    fn next_action(&self, now: Instant) -> Instant {
         let tick = self.config.tick;
         let mut until = now + IDLE_WAIT; // the caller bounds it further
-        if let Some(t) = first_record_at {
-            until = until.min(t + tick);
-        }
         if !self.rebuilding.is_empty() {
             until = until.min(now + REBUILD_POLL);
         }

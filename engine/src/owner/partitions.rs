@@ -19,6 +19,7 @@ impl Owner {
     /// before now is applied or in the inbox (applied before any fire), so
     /// the partition may fire.
     pub(super) fn mark_caught_up(&mut self, p: i32) {
+        self.changes += 1;
         let mut owned = self.status.lock();
         if let Some(state) = owned.live.get_mut(&p) {
             if !state.caught_up {
@@ -61,6 +62,7 @@ impl Owner {
     /// input instead.
     pub(super) fn check_caught_up(&mut self) {
         self.last_catch_up_check = Instant::now();
+        self.changes += 1;
         let waiting: Vec<(i32, Option<i64>)> = {
             let owned = self.status.lock();
             owned
@@ -99,6 +101,7 @@ impl Owner {
 
     pub(super) fn apply_group_events(&mut self) -> anyhow::Result<()> {
         for event in self.consumer.context().take_events() {
+            self.changes += 1;
             match event {
                 GroupEvent::Revoked(parts) => {
                     let mut owned = self.status.lock();
@@ -173,6 +176,7 @@ impl Owner {
                     continue;
                 }
             };
+            self.changes += 1;
             let mut owned = self.status.lock();
             for mut state in states {
                 let p = state.partition;
