@@ -119,8 +119,11 @@ fn run_chime(bootstrap: &str, args: &[&str], env: &[(&str, &str)]) -> Exit {
     }
 }
 
+/// One `chime` invocation: its arguments and extra environment.
+type Run<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+
 /// Runs several `chime` invocations at once (each waits on its own).
-async fn run_all(bootstrap: &str, runs: &[(&[&str], &[(&str, &str)])]) -> Vec<Exit> {
+async fn run_all(bootstrap: &str, runs: &[Run<'_>]) -> Vec<Exit> {
     let handles: Vec<_> = runs
         .iter()
         .map(|(args, env)| {
@@ -176,7 +179,7 @@ async fn run_roles(
         .iter()
         .map(|(_, a)| a.iter().map(String::as_str).collect())
         .collect();
-    let runs: Vec<(&[&str], &[(&str, &str)])> = args.iter().map(|a| (a.as_slice(), env)).collect();
+    let runs: Vec<Run<'_>> = args.iter().map(|a| (a.as_slice(), env)).collect();
     let exits = run_all(bootstrap, &runs).await;
     roles.iter().map(|(name, _)| *name).zip(exits).collect()
 }

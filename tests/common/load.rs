@@ -196,7 +196,7 @@ impl Load {
                 let target = elapsed * spec.rate / 1000;
                 while n < target {
                     let due_ms = started_ms + n * 1000 / spec.rate + lead_in;
-                    let rest = spec.rest_every > 0 && n % spec.rest_every == 0;
+                    let rest = spec.rest_every > 0 && n.is_multiple_of(spec.rest_every);
                     let id = format!("{}{n}", if rest { "r" } else { "k" });
                     n += 1;
                     let sent_ms = now_ms();
