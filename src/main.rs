@@ -403,6 +403,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Role::Topics(t) => {
             let created = k.ensure_topics(t.partitions).await;
+            if let Err(e) = &created {
+                if e.is::<chime_kafka::admin::Unreachable>() {
+                    return created; // nothing to show, and no second wait
+                }
+            }
             let view = chime_kafka::admin::inspect(&k.bootstrap, &k.topics()).await?;
             let layout = chime_kafka::admin::Layout {
                 partitions: t.partitions,

@@ -251,18 +251,31 @@ fn read_all(
     }
     consumer.assign(&tpl)?;
     let deadline = Instant::now() + config.read_timeout;
-    let mut at_end = 0;
-    while at_end < partitions.len() {
+    // A partition reports its end again after more records arrived: count
+    // each partition once.
+    let mut at_end = std::collections::HashSet::new();
+    // Errors a consumer reports while it goes on (a broker of the cluster
+    // is down, a connection dropped) are not the end of the audit: the
+    // client reconnects, or reads from the partition's new leader. The
+    // last one is given if the end is not reached in time.
+    let mut last_error: Option<KafkaError> = None;
+    while at_end.len() < partitions.len() {
         if Instant::now() > deadline {
+            let why = last_error
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default();
             anyhow::bail!(
-                "reading {topic} did not reach its end in {:?}",
+                "reading {topic} did not reach its end in {:?}{why}",
                 config.read_timeout
             );
         }
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
-            Some(Err(KafkaError::PartitionEOF(_))) => at_end += 1,
-            Some(Err(e)) => return Err(e.into()),
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) if consumer.client().fatal_error().is_some() => return Err(e.into()),
+            Some(Err(e)) => last_error = Some(e),
             Some(Ok(m)) => each(&m),
         }
     }

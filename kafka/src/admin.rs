@@ -144,13 +144,7 @@ pub async fn create_topics(
 pub async fn ensure_topics(bootstrap: &str, topics: &Topics, layout: Layout) -> anyhow::Result<()> {
     let view = inspect(bootstrap, topics).await?;
     let rf = layout.replication_for(view.brokers);
-    if rf as usize > view.brokers {
-        anyhow::bail!(
-            "replication factor {rf} asked (CHIME_REPLICATION_FACTOR) but the cluster at {bootstrap} \
-             has {} broker(s): lower CHIME_REPLICATION_FACTOR or add brokers",
-            view.brokers
-        );
-    }
+    check_replication_asked(Some(rf), view.brokers)?;
     let min_insync = layout.min_insync_for(view.brokers).to_string();
     let missing: Vec<&String> = view
         .topics
@@ -214,6 +208,7 @@ pub async fn check_topics(
     replication_factor: Option<i32>,
 ) -> anyhow::Result<()> {
     let view = inspect(bootstrap, topics).await?;
+    check_replication_asked(replication_factor, view.brokers)?;
     let layout = view
         .topics
         .first()
@@ -228,19 +223,33 @@ pub async fn check_topics(
 }
 
 impl ClusterView {
-    /// Everything wrong with the topics, one sentence each naming the topic,
-    /// the problem and the fix. Empty when chime can run on them.
+    /// Everything wrong with the topics, one line per kind of problem naming
+    /// the topics, the problem and the fix. Empty when chime can run on them.
     pub fn problems(&self, topics: &Topics, layout: Option<Layout>) -> Vec<String> {
+        let wanted = layout.map(|l| l.replication_for(self.brokers)).unwrap_or(1);
+        if wanted as usize > self.brokers {
+            // No topic can be right: say so once, not once per topic.
+            return vec![too_few_brokers(wanted, self.brokers)];
+        }
         let mut problems = Vec::new();
+        let missing: Vec<&str> = self
+            .topics
+            .iter()
+            .filter(|(_, s)| s.is_none())
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "{} not exist: create chime's topics with `chime topics` (or `chime all`, \
+                 which creates them)",
+                topic_list(&missing, "does", "do")
+            ));
+        }
         let timers = self.state(&topics.timers);
+        let mut under_replicated: Vec<&str> = Vec::new();
+        let mut least_replicated = wanted;
         for (name, state) in &self.topics {
-            let Some(state) = state else {
-                problems.push(format!(
-                    "topic {name} does not exist: create chime's topics with `chime topics` \
-                     (or `chime all`, which creates them)"
-                ));
-                continue;
-            };
+            let Some(state) = state else { continue };
             if let Some(layout) = layout {
                 if state.partitions != layout.partitions && name == &topics.timers {
                     problems.push(growth_problem(name, state.partitions, layout.partitions));
@@ -269,18 +278,21 @@ impl ClusterView {
                     state.cleanup_policy.as_deref().unwrap_or("unknown")
                 ));
             }
-            let wanted = layout.map(|l| l.replication_for(self.brokers)).unwrap_or(1);
             if state.replication_factor < wanted {
-                problems.push(format!(
-                    "topic {name} has replication factor {}, below the {wanted} wanted \
-                     (CHIME_REPLICATION_FACTOR, default min(3, brokers) = {}): one lost disk \
-                     would lose its timers; raise it with kafka-reassign-partitions (see \
-                     docs/operations.md), or set CHIME_REPLICATION_FACTOR={} to accept it",
-                    state.replication_factor,
-                    (self.brokers as i32).clamp(1, 3),
-                    state.replication_factor
-                ));
+                under_replicated.push(name);
+                least_replicated = least_replicated.min(state.replication_factor);
             }
+        }
+        if !under_replicated.is_empty() {
+            problems.push(format!(
+                "{} replication factor {least_replicated}, below the {wanted} wanted \
+                 (CHIME_REPLICATION_FACTOR, default min(3, brokers) = {}): one lost disk \
+                 would lose its timers; raise it with kafka-reassign-partitions (see \
+                 docs/operations.md), or set CHIME_REPLICATION_FACTOR={least_replicated} to \
+                 accept it",
+                topic_list(&under_replicated, "has", "have"),
+                (self.brokers as i32).clamp(1, 3),
+            ));
         }
         problems
     }
@@ -296,6 +308,33 @@ impl ClusterView {
     pub fn table(&self, layout: Layout) -> ViewTable<'_> {
         ViewTable { view: self, layout }
     }
+}
+
+/// A replication factor asked for that no topic on this cluster can have.
+fn check_replication_asked(asked: Option<i32>, brokers: usize) -> anyhow::Result<()> {
+    match asked {
+        Some(rf) if rf < 1 => anyhow::bail!(
+            "replication factor {rf} asked (CHIME_REPLICATION_FACTOR): it must be at least 1; \
+             unset CHIME_REPLICATION_FACTOR for the default, min(3, brokers)"
+        ),
+        Some(rf) if rf as usize > brokers => anyhow::bail!("{}", too_few_brokers(rf, brokers)),
+        _ => Ok(()),
+    }
+}
+
+/// "topic a has" / "topics a, b have".
+fn topic_list(names: &[&str], one: &str, many: &str) -> String {
+    match names {
+        [name] => format!("topic {name} {one}"),
+        _ => format!("topics {} {many}", names.join(", ")),
+    }
+}
+
+fn too_few_brokers(wanted: i32, brokers: usize) -> String {
+    format!(
+        "replication factor {wanted} asked (CHIME_REPLICATION_FACTOR) but the cluster has \
+         {brokers} broker(s): lower CHIME_REPLICATION_FACTOR to at most {brokers}, or add brokers"
+    )
 }
 
 fn growth_problem(name: &str, has: i32, wanted: i32) -> String {
@@ -367,7 +406,21 @@ fn admin_client(bootstrap: &str) -> anyhow::Result<AdminClient<DefaultClientCont
     Ok(client_config(bootstrap, "chime-admin").create()?)
 }
 
-/// The cluster's metadata, or a one-line error when no broker answers.
+/// No Kafka broker answered: the error every role and `chime topics` stop
+/// with when the bootstrap servers are wrong or down.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no Kafka broker answered at {bootstrap} within {waited:?} ({cause}); check \
+     CHIME_KAFKA_BOOTSTRAP (scripts/kafka start runs a local broker)"
+)]
+pub struct Unreachable {
+    pub bootstrap: String,
+    pub waited: Duration,
+    pub cause: String,
+}
+
+/// The cluster's metadata, or a one-line error ([`Unreachable`]) when no
+/// broker answers.
 async fn fetch_metadata(bootstrap: &str) -> anyhow::Result<Metadata> {
     let config = client_config(bootstrap, "chime-admin");
     // librdkafka's metadata call blocks; keep it off the async threads.
@@ -377,10 +430,12 @@ async fn fetch_metadata(bootstrap: &str) -> anyhow::Result<Metadata> {
     })
     .await?;
     metadata.map_err(|e| {
-        anyhow::anyhow!(
-            "no Kafka broker answered at {bootstrap} within {ADMIN_TIMEOUT:?} ({e}); \
-             check CHIME_KAFKA_BOOTSTRAP (scripts/kafka start runs a local broker)"
-        )
+        Unreachable {
+            bootstrap: bootstrap.to_string(),
+            waited: ADMIN_TIMEOUT,
+            cause: e.to_string(),
+        }
+        .into()
     })
 }
 
@@ -451,8 +506,21 @@ mod tests {
         assert!(problems[1].contains("t.changelog is not compacted"));
 
         let problems = view(3, good(1)).problems(&topics, layout(None));
-        assert_eq!(problems.len(), 4, "{problems:?}");
-        assert!(problems[0].contains("replication factor 1, below the 3 wanted"));
+        assert_eq!(
+            problems.len(),
+            1,
+            "one line for the four topics: {problems:?}"
+        );
+        assert!(problems[0].contains(
+            "topics t.timers, t.changelog, t.fires, t.dead-letters have replication factor 1, \
+             below the 3 wanted"
+        ));
+        assert!(problems[0].contains("CHIME_REPLICATION_FACTOR=1 to accept it"));
+
+        let problems = view(3, good(3)).problems(&topics, layout(Some(5)));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("replication factor 5 asked"));
+        assert!(problems[0].contains("lower CHIME_REPLICATION_FACTOR to at most 3"));
         assert!(view(3, good(1))
             .problems(&topics, layout(Some(1)))
             .is_empty());
@@ -469,8 +537,12 @@ mod tests {
         states[2] = None;
         let problems = view(3, states).problems(&topics, layout(None));
         assert!(
-            problems[0].contains("t.fires does not exist"),
+            problems[0].contains("topic t.fires does not exist"),
             "{problems:?}"
         );
+        let problems = view(3, [None, None, None, None]).problems(&topics, layout(None));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0]
+            .contains("topics t.timers, t.changelog, t.fires, t.dead-letters do not exist"));
     }
 }

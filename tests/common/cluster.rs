@@ -9,10 +9,12 @@
 //!
 //! Tests that use the cluster run one at a time within a test binary:
 //! [`Cluster::start`] holds a process-wide lock until the handle is dropped,
-//! so one test's `kill` never lands in the middle of another test. The
-//! cluster keeps running after the tests (like the single broker); a node a
+//! so one test's `kill` never lands in the middle of another test. A node a
 //! failed test left down is started again by the next [`Cluster::start`].
-//! `scripts/kafka cluster stop` stops it.
+//! When the first [`Cluster::start`] of a test binary finds the cluster not
+//! running, the binary stops it again when it exits (`scripts/kafka cluster
+//! stop`, from an `atexit` handler), unless `CHIME_KEEP_CLUSTER=1`; a cluster
+//! that was already running is left running.
 //!
 //! The ports are the script's (127.0.0.1:19092-19094, controllers
 //! 19192-19194; `CHIME_KAFKA_CLUSTER_PORT` and
@@ -81,6 +83,7 @@ impl Cluster {
     /// process's Kafka client sees all three brokers.
     pub async fn start() -> Cluster {
         let exclusive = EXCLUSIVE.lock().await;
+        stop_at_exit_if_started_here().await;
         script(&["cluster", "start"]).await;
         let bootstrap = script(&["cluster", "bootstrap"]).await.trim().to_string();
         let admin = ClientConfig::new()
@@ -105,6 +108,12 @@ impl Cluster {
     /// `kill -9` node `node`; returns once its process is gone.
     pub async fn kill(&self, node: Node) {
         script(&["cluster", "kill", &node.to_string()]).await;
+    }
+
+    /// Stops node `node` gracefully (SIGTERM: a controlled shutdown moves its
+    /// leaderships away first); returns once its process is gone.
+    pub async fn stop(&self, node: Node) {
+        script(&["cluster", "stop", &node.to_string()]).await;
     }
 
     /// Starts node `node` again (stopping it first if it runs); returns once
@@ -210,6 +219,76 @@ impl Cluster {
         }
         let mut seen = self.wait_in_sync(&[topic], SETTLE).await;
         seen.remove(0)
+    }
+
+    /// Creates `topic` with the replicas of each partition named
+    /// (`assignment[p]`, the first one the preferred leader) and the topic
+    /// `configs`, and waits until every partition is led and in sync.
+    pub async fn create_topic_assigned(
+        &self,
+        topic: &str,
+        assignment: &[Vec<Node>],
+        configs: &[(&str, &str)],
+    ) -> Vec<PartitionState> {
+        let replicas: Vec<&[Node]> = assignment.iter().map(Vec::as_slice).collect();
+        let mut new = NewTopic::new(
+            topic,
+            assignment.len() as i32,
+            TopicReplication::Variable(&replicas),
+        );
+        for (key, value) in configs {
+            new = new.set(key, value);
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = self
+            .admin
+            .create_topics([&new], &opts)
+            .await
+            .expect("create topic");
+        for r in results {
+            r.unwrap_or_else(|(name, code)| panic!("creating topic {name}: {code}"));
+        }
+        let mut seen = self.wait_in_sync(&[topic], SETTLE).await;
+        seen.remove(0)
+    }
+
+    /// The node leading the partition of Kafka's internal topic `internal`
+    /// (`__consumer_offsets` or `__transaction_state`) that holds `key` (a
+    /// group id or a transactional id): the coordinator of that group or
+    /// transactional producer. `None` while that partition has no leader or
+    /// the topic does not exist yet.
+    pub async fn coordinator(&self, internal: &str, key: &str) -> anyhow::Result<Option<Node>> {
+        let parts = self.partitions(internal).await?;
+        anyhow::ensure!(!parts.is_empty(), "{internal} has no partitions");
+        let p = coordinator_partition(key, parts.len() as i32);
+        Ok(parts
+            .iter()
+            .find(|s| s.partition == p)
+            .and_then(|s| s.leader))
+    }
+
+    /// Puts the cluster back as a test found it: every node running and
+    /// live, and every replica of every topic in sync. Each test ends with it.
+    pub async fn restore(&self) {
+        script(&["cluster", "start"]).await;
+        self.wait_nodes_up(&NODES, SETTLE).await;
+        let topics = self.topic_names().await.expect("list the topics");
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        self.wait_in_sync(&names, SETTLE).await;
+    }
+
+    /// The name of every topic in the cluster, internal ones included.
+    pub async fn topic_names(&self) -> anyhow::Result<Vec<String>> {
+        let admin = Arc::clone(&self.admin);
+        let metadata = tokio::task::spawn_blocking(move || {
+            admin.inner().fetch_metadata(None, METADATA_TIMEOUT)
+        })
+        .await??;
+        Ok(metadata
+            .topics()
+            .iter()
+            .map(|t| t.name().to_string())
+            .collect())
     }
 
     /// Deletes `topics` (best effort: a test's cleanup, not its subject).
@@ -372,6 +451,52 @@ where
     }
 }
 
+/// The partition of an internal topic of `partitions` partitions that holds
+/// `key`: Kafka's `Utils.abs(key.hashCode()) % partitions`, with Java's
+/// `String.hashCode` over UTF-16 code units.
+pub fn coordinator_partition(key: &str, partitions: i32) -> i32 {
+    let hash = key
+        .encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32));
+    let abs = if hash == i32::MIN { 0 } else { hash.abs() };
+    abs % partitions
+}
+
+/// On the first [`Cluster::start`] of this process: if the cluster is not
+/// all running yet (so this binary starts it), stop it when the process
+/// exits, unless `CHIME_KEEP_CLUSTER=1`.
+async fn stop_at_exit_if_started_here() {
+    static CHECKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if CHECKED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let keep = std::env::var("CHIME_KEEP_CLUSTER").is_ok_and(|v| v == "1");
+    if keep || run_script(&["cluster", "status"]).await.is_ok() {
+        return;
+    }
+    extern "C" {
+        fn atexit(callback: extern "C" fn()) -> std::ffi::c_int;
+    }
+    extern "C" fn stop_cluster() {
+        eprintln!(
+            "stopping the Kafka cluster this test binary started (CHIME_KEEP_CLUSTER=1 keeps it)"
+        );
+        let _ = std::process::Command::new(SCRIPT)
+            .args(["cluster", "stop"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+    // SAFETY: registers a plain function with the C library; it runs at
+    // process exit, after the tests, and only spawns the script.
+    let registered = unsafe { atexit(stop_cluster) };
+    if registered != 0 {
+        eprintln!("could not arrange to stop the cluster at exit; scripts/kafka cluster stop does");
+    }
+}
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka");
+
 /// Runs `scripts/kafka ARGS…`, returns its stdout; panics when it fails.
 async fn script(args: &[&str]) -> String {
     run_script(args)
@@ -380,8 +505,7 @@ async fn script(args: &[&str]) -> String {
 }
 
 async fn run_script(args: &[&str]) -> anyhow::Result<String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka");
-    let out = tokio::process::Command::new(path)
+    let out = tokio::process::Command::new(SCRIPT)
         .args(args)
         .stdin(std::process::Stdio::null())
         .output()

@@ -21,6 +21,7 @@ use chime_wire::Topics;
 
 pub mod api;
 pub mod cluster;
+pub mod load;
 pub mod processes;
 
 pub const PARTITIONS: i32 = 3;

@@ -45,6 +45,12 @@ impl ChimeProcess {
     /// Starts `chime <args…>` against the test broker, allowed to call
     /// loopback receivers, logging JSON to `<name>.log`.
     pub fn spawn(name: &str, args: &[&str]) -> ChimeProcess {
+        ChimeProcess::spawn_env(name, args, &[])
+    }
+
+    /// [`ChimeProcess::spawn`] with more environment variables, which win
+    /// over the harness's own (`CHIME_KAFKA_BOOTSTRAP` names another Kafka).
+    pub fn spawn_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> ChimeProcess {
         let log_dir = std::env::temp_dir().join("chime-test-logs");
         std::fs::create_dir_all(&log_dir).expect("create the log directory");
         let log = log_dir.join(format!("{name}.log"));
@@ -66,6 +72,7 @@ impl ChimeProcess {
                 "RUST_LOG",
                 format!("{level},chime_ingest=info,chime_engine::status_server=info"),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
@@ -81,6 +88,11 @@ impl ChimeProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait for the child")
     }
 
     fn signal(&self, sig: &str) {
@@ -258,8 +270,13 @@ pub struct FireWatcher {
 
 impl FireWatcher {
     pub fn start(topics: &Topics) -> FireWatcher {
+        FireWatcher::start_on(&bootstrap(), topics)
+    }
+
+    /// [`FireWatcher::start`] on the Kafka at `bootstrap`.
+    pub fn start_on(bootstrap: &str, topics: &Topics) -> FireWatcher {
         let consumer: BaseConsumer = chime_kafka::consumer_config(
-            &bootstrap(),
+            bootstrap,
             "test-fire-watcher",
             &format!("watcher-{}", uuid::Uuid::new_v4().simple()),
         )
@@ -344,8 +361,13 @@ pub struct TimerProducer {
 
 impl TimerProducer {
     pub fn new(topics: &Topics) -> TimerProducer {
+        TimerProducer::on(&bootstrap(), topics)
+    }
+
+    /// [`TimerProducer::new`] on the Kafka at `bootstrap`.
+    pub fn on(bootstrap: &str, topics: &Topics) -> TimerProducer {
         TimerProducer {
-            producer: chime_kafka::producer_config(&bootstrap(), "test-producer")
+            producer: chime_kafka::producer_config(bootstrap, "test-producer")
                 .create()
                 .expect("producer"),
             topic: topics.timers.clone(),
