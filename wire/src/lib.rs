@@ -24,6 +24,7 @@ pub mod dead_letter;
 pub mod fires;
 pub mod headers;
 pub mod partition;
+pub mod recurrence;
 pub mod status;
 pub mod time;
 pub mod topics;
