@@ -270,6 +270,8 @@ fn schedule(id: &str, fire_at_ms: u64) -> TimerCommand {
         attempt: 1,
         retry: Default::default(),
         first_fire_at_ms: None,
+        schedule_id: None,
+        delivery: None,
     })
 }
 

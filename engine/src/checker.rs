@@ -181,6 +181,7 @@ pub fn check(config: &CheckConfig) -> anyhow::Result<CheckReport> {
                     intent.cancelled_at_ms.get_or_insert(timestamp(m));
                 }
             }
+            Ok(_) => {}  // schedules, outcomes
             Err(_) => {} // dead-lettered by the engine
         }
     })?;

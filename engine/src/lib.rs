@@ -5,10 +5,12 @@
 //! how a partition's state survives its owner.
 
 pub mod checker;
+pub mod listing;
 pub mod output;
 pub mod owner;
 pub mod partition;
 pub mod rebuild;
+pub mod schedule;
 pub mod status;
 pub mod status_server;
 

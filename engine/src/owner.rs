@@ -184,6 +184,10 @@ impl Owner {
                         offset: m.offset(),
                         key: m.key().map(Bytes::copy_from_slice),
                         value: m.payload().map(Bytes::copy_from_slice),
+                        timestamp_ms: m
+                            .timestamp()
+                            .to_millis()
+                            .and_then(|t| u64::try_from(t).ok()),
                     });
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => self.mark_caught_up(p),

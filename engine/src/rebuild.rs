@@ -22,9 +22,11 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use chime_kafka::group::QuietEof;
 use chime_kafka::MessageHeaders;
-use chime_wire::{ChangelogRecord, Finished};
+use chime_wire::changelog::{tombstone_delivery, ScheduleRecord};
+use chime_wire::{ChangelogRecord, Finished, ScheduleState};
 
 use crate::partition::{PartitionState, TimerWheel};
+use crate::schedule::{Schedule, Schedules};
 use crate::status::{Finish, FinishedTimers};
 use crate::EngineConfig;
 
@@ -67,15 +69,12 @@ fn rebuild(config: &EngineConfig, partitions: &[i32]) -> anyhow::Result<Vec<Part
     partitions
         .iter()
         .map(|&p| {
-            let (wheel, finished) = loaded
+            let (wheel, finished, schedules) = loaded
                 .remove(&p)
                 .ok_or_else(|| anyhow::anyhow!("changelog load lost partition {p}"))?;
-            Ok(PartitionState::new(
-                p,
-                wheel,
-                finished,
-                committed.get(&p).copied(),
-            ))
+            let mut state = PartitionState::new(p, wheel, finished, committed.get(&p).copied());
+            state.schedules = schedules;
+            Ok(state)
         })
         .collect()
 }
@@ -109,18 +108,31 @@ fn committed_offsets(
         .collect())
 }
 
+/// One partition's state as its changelog says.
+type Loaded = (TimerWheel, FinishedTimers, Schedules);
+
 /// Reads changelog `partitions` from the beginning to their end (the last
 /// stable offset: an earlier owner's unfinished transaction is not read) and
-/// returns each partition's pending timers as a wheel starting at `now`, and
-/// the timers that fired or were cancelled within the status retention.
+/// returns each partition's pending timers as a wheel starting at `now`, the
+/// timers that fired or were cancelled within the status retention, and its
+/// schedules (in the wheel too, at their next occurrence).
 fn load(
     config: &EngineConfig,
     partitions: &[i32],
     now: u64,
-) -> anyhow::Result<HashMap<i32, (TimerWheel, FinishedTimers)>> {
-    let mut wheels: HashMap<i32, (TimerWheel, FinishedTimers)> = partitions
+) -> anyhow::Result<HashMap<i32, Loaded>> {
+    let mut wheels: HashMap<i32, Loaded> = partitions
         .iter()
-        .map(|&p| (p, (TimerWheel::new(now), config.finished_timers())))
+        .map(|&p| {
+            (
+                p,
+                (
+                    TimerWheel::new(now),
+                    config.finished_timers(),
+                    Schedules::new(),
+                ),
+            )
+        })
         .collect();
     if partitions.is_empty() {
         return Ok(wheels);
@@ -159,29 +171,46 @@ fn load(
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(m)) => {
                 records += 1;
-                let Some((wheel, finished)) = wheels.get_mut(&m.partition()) else {
+                let Some((wheel, finished, schedules)) = wheels.get_mut(&m.partition()) else {
                     continue;
                 };
                 let Some(id) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
                     tracing::warn!(offset = m.offset(), "changelog record without a UTF-8 key");
                     continue;
                 };
+                let key = Bytes::copy_from_slice(id.as_bytes());
+                // A later record for an id replaces an earlier one of either kind.
+                if let Some(record) = ScheduleRecord::decode(m.payload(), &MessageHeaders(&m)) {
+                    wheel.cancel(&key);
+                    finished.forget(id.as_bytes());
+                    schedules.remove(&key);
+                    if let ScheduleRecord::State { state, .. } = record {
+                        match ScheduleState::decode(state).and_then(Schedule::from_state) {
+                            Ok(schedule) => {
+                                schedules.insert(key, schedule);
+                            }
+                            Err(e) => tracing::warn!(offset = m.offset(), error = %e,
+                                "undecodable schedule state in the changelog"),
+                        }
+                    }
+                    continue;
+                }
+                schedules.remove(&key);
                 match ChangelogRecord::decode(m.payload(), &MessageHeaders(&m)) {
                     Ok(ChangelogRecord::Finished(finished_as)) => {
-                        wheel.cancel(&Bytes::copy_from_slice(id.as_bytes()));
+                        wheel.cancel(&key);
                         if let Some(finish) = finished_as.and_then(|f| finish_at(f, &m)) {
                             finished.record(id.as_bytes(), finish);
+                            if let (Some(delivery), _) = tombstone_delivery(&MessageHeaders(&m)) {
+                                finished.set_delivery(id.as_bytes(), &delivery);
+                            }
                         }
                     }
                     Ok(ChangelogRecord::Pending {
                         fire_at_ms,
                         command,
                     }) => {
-                        wheel.schedule(
-                            Bytes::copy_from_slice(id.as_bytes()),
-                            fire_at_ms,
-                            Bytes::copy_from_slice(command),
-                        );
+                        wheel.schedule(key, fire_at_ms, Bytes::copy_from_slice(command));
                         finished.forget(id.as_bytes());
                     }
                     Err(e) => {
@@ -191,10 +220,16 @@ fn load(
             }
         }
     }
-    for (_, finished) in wheels.values_mut() {
+    for (wheel, finished, schedules) in wheels.values_mut() {
         finished.expire(now);
+        let retention = finished.retention_ms();
+        for (id, schedule) in schedules.iter() {
+            if let Some(at) = schedule.wheel_deadline(retention) {
+                wheel.schedule(id.clone(), at, Bytes::new());
+            }
+        }
     }
-    let pending: usize = wheels.values().map(|(w, _)| w.len()).sum();
+    let pending: usize = wheels.values().map(|(w, _, _)| w.len()).sum();
     tracing::info!(
         ?partitions,
         records,
@@ -205,12 +240,17 @@ fn load(
     Ok(wheels)
 }
 
-/// A tombstone's finish, dated by the record's timestamp.
+/// A tombstone's finish, dated by the record's timestamp (or, for a fired
+/// tombstone written again with its delivery, the time it says it fired).
 fn finish_at<M: Message>(finished: Finished, m: &M) -> Option<Finish> {
-    let at = m
+    let stamped = m
         .timestamp()
         .to_millis()
-        .and_then(|t| u64::try_from(t).ok())?;
+        .and_then(|t| u64::try_from(t).ok());
+    let at = match tombstone_delivery(&MessageHeaders(m)) {
+        (_, Some(fired_at)) => fired_at,
+        _ => stamped?,
+    };
     Some(match finished {
         // A fire emitted ahead (the lead) takes effect at its due time.
         Finished::Fired { fire_at_ms } => Finish::Fired {

@@ -241,6 +241,10 @@ pub struct TimerState {
     /// When it was cancelled (cancelled timers).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancelled_at: Option<String>,
+    /// What came of the callback: a fired timer's once the dispatcher
+    /// finished it; a pending retry's attempts so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<crate::delivery::DeliveryView>,
 }
 
 /// Answer of the original `GET /timers/{id}`.
@@ -335,6 +339,8 @@ pub fn new_timer(req: CreateTimer, config: &IngestConfig, now: u64) -> Result<Ne
         attempt: 1,
         retry: req.retry,
         first_fire_at_ms: None,
+        schedule_id: None,
+        delivery: None,
     };
     check_spec(&spec, config)?;
     Ok(NewTimer {
@@ -414,6 +420,7 @@ pub async fn timer_status(
         fired_at: None,
         lateness_ms: None,
         cancelled_at: None,
+        delivery: None,
     };
     match status {
         TimerStatus::Pending { fire_at_ms, spec } => {
@@ -422,12 +429,15 @@ pub async fn timer_status(
             if let Ok(TimerCommand::Schedule(spec)) = serde_json::from_str(&spec) {
                 answer.callback = Some(spec.callback);
                 answer.retry = (!spec.retry.is_default()).then_some(spec.retry);
+                answer.delivery = spec.delivery.as_ref().map(Into::into);
             }
         }
         TimerStatus::Fired {
             fire_at_ms,
             fired_at_ms,
+            delivery,
         } => {
+            answer.delivery = delivery.as_ref().map(Into::into);
             answer.state = TimerStateName::Fired;
             answer.fire_at = Some(format_ms(fire_at_ms));
             answer.time_left_ms = Some(0);
@@ -526,6 +536,8 @@ pub async fn create_legacy_timer(
         attempt: 1,
         retry: RetryPolicy::default(),
         first_fire_at_ms: None,
+        schedule_id: None,
+        delivery: None,
     };
     check_spec(&spec, &state.config).map_err(|e| match e.body.field.as_deref() {
         Some("callback.url") => ApiError::bad_field("url", e.body.error),

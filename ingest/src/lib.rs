@@ -5,6 +5,7 @@
 //!
 //! * [`api`] — the native `/v1` API and the original service's `/timers` API.
 //! * [`batch`] — `POST /v1/timers/batch`.
+//! * [`delivery`] — what came of a callback, as status answers show it.
 //! * [`lookup`] — finding a timer's owning engine and asking it.
 //! * [`guard`] — API keys, the header-count limit, request metrics.
 //! * [`ops`] — `/healthz`, `/readyz`, `/metrics`.
@@ -14,6 +15,7 @@
 
 pub mod api;
 pub mod batch;
+pub mod delivery;
 pub mod docs;
 pub mod error;
 pub mod guard;
