@@ -131,6 +131,16 @@ pub fn routes() -> RouteTable {
         .post("/v1/timers/batch", crate::batch::create_batch)
         .get("/v1/timers/{id}", timer_status)
         .delete("/v1/timers/{id}", cancel_timer)
+        .get("/v1/timers", crate::listing::list_timers)
+        .post("/v1/schedules", crate::schedules::create_schedule)
+        .get("/v1/schedules", crate::listing::list_schedules)
+        .get("/v1/schedules/{id}", crate::schedules::schedule_status)
+        .delete("/v1/schedules/{id}", crate::schedules::cancel_schedule)
+        .post("/v1/schedules/{id}/pause", crate::schedules::pause_schedule)
+        .post(
+            "/v1/schedules/{id}/resume",
+            crate::schedules::resume_schedule,
+        )
         .post("/timers", create_legacy_timer)
         .get("/timers/{id}", legacy_timer_status)
         .get("/healthz", crate::ops::healthz)

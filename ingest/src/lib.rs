@@ -7,6 +7,8 @@
 //! * [`batch`] — `POST /v1/timers/batch`.
 //! * [`delivery`] — what came of a callback, as status answers show it.
 //! * [`lookup`] — finding a timer's owning engine and asking it.
+//! * [`schedules`] — `/v1/schedules`: recurring timers.
+//! * [`listing`] — `GET /v1/timers` and `GET /v1/schedules`: what is pending, by page.
 //! * [`guard`] — API keys, the header-count limit, request metrics.
 //! * [`ops`] — `/healthz`, `/readyz`, `/metrics`.
 //! * [`docs`] — the OpenAPI document and Swagger UI at `/docs`.
@@ -19,8 +21,10 @@ pub mod delivery;
 pub mod docs;
 pub mod error;
 pub mod guard;
+pub mod listing;
 pub mod lookup;
 pub mod ops;
+pub mod schedules;
 pub mod timer_log;
 
 use std::sync::Arc;

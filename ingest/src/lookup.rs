@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+use serde::de::DeserializeOwned;
+
 use chime_wire::partition::partition_for_key;
-use chime_wire::status::{advertised_address, timer_path};
-use chime_wire::{StatusSource, TimerStatus};
+use chime_wire::status::{advertised_address, list_path, schedule_path, timer_path};
+use chime_wire::{ListAnswer, ListKind, ListQuery, ScheduleStatus, StatusSource, TimerStatus};
 
 use crate::error::ApiError;
 use crate::IngestConfig;
@@ -58,11 +60,61 @@ impl TimerLookup {
     /// `Unknown`; 503 while its partition is loading or its owner cannot be found.
     pub async fn status(&self, id: &str) -> Result<TimerStatus, ApiError> {
         let partition = self.partition_of(id).await?;
+        self.ask_owner(partition, &timer_path(partition, id), |local| {
+            local.timer(partition, id)
+        })
+        .await
+    }
+
+    /// The engine-side state of schedule `id` (503 as for [`Self::status`]).
+    pub async fn schedule(&self, id: &str) -> Result<ScheduleStatus, ApiError> {
+        let partition = self.partition_of(id).await?;
+        self.ask_owner(partition, &schedule_path(partition, id), |local| {
+            local.schedule(partition, id)
+        })
+        .await
+    }
+
+    /// A page of `partition`'s pending timers or schedules, from its owner.
+    pub async fn list(
+        &self,
+        partition: i32,
+        kind: ListKind,
+        query: &ListQuery,
+    ) -> Result<ListAnswer, ApiError> {
+        self.ask_owner(partition, &list_path(partition, kind, query), |local| {
+            local.list(partition, kind, query)
+        })
+        .await
+    }
+
+    /// How many partitions the timers topic has.
+    pub async fn partition_count(&self) -> Result<i32, ApiError> {
+        let known = *self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        match known {
+            Some(n) => Ok(n),
+            None => {
+                let n = self.fetch_partition_count().await?;
+                *self.partitions.lock().unwrap_or_else(|e| e.into_inner()) = Some(n);
+                Ok(n)
+            }
+        }
+    }
+
+    /// Asks the owner of `partition`: the engine in this process if it owns
+    /// it, else the owner the group names, over HTTP at `path`.
+    async fn ask_owner<T: OwnerAnswer + DeserializeOwned>(
+        &self,
+        partition: i32,
+        path: &str,
+        local_answer: impl Fn(&dyn StatusSource) -> T,
+    ) -> Result<T, ApiError> {
         if let Some(local) = &self.local {
-            match local.timer(partition, id) {
-                TimerStatus::NotOwned => {}
-                TimerStatus::Loading => return Err(loading(partition)),
-                known => return Ok(known),
+            let answer = local_answer(local.as_ref());
+            match answer.ownership() {
+                Ownership::NotOwned => {}
+                Ownership::Loading => return Err(loading(partition)),
+                Ownership::Owned => return Ok(answer),
             }
         }
         let mut why = String::from("no engine owns it right now (the group may be rebalancing)");
@@ -70,25 +122,25 @@ impl TimerLookup {
             let Some(owner) = self.owner_of(partition, refresh).await? else {
                 continue;
             };
-            match self.ask(&owner, partition, id).await {
-                Ok(TimerStatus::Loading) => return Err(loading(partition)),
-                Ok(TimerStatus::NotOwned) => {
-                    why = format!("engine {owner} no longer owns it");
-                }
-                Ok(known) => return Ok(known),
+            match self.ask::<T>(&owner, path).await {
+                Ok(answer) => match answer.ownership() {
+                    Ownership::Loading => return Err(loading(partition)),
+                    Ownership::NotOwned => why = format!("engine {owner} no longer owns it"),
+                    Ownership::Owned => return Ok(answer),
+                },
                 Err(e) => why = format!("its owner {owner} did not answer: {e}"),
             }
         }
         // Whatever was cached is wrong; the next question reads the group again.
         *self.owners.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Err(ApiError::unavailable(
-            format!("cannot ask about partition {partition} of the timer: {why}"),
+            format!("cannot ask about partition {partition}: {why}"),
             1,
         ))
     }
 
-    async fn ask(&self, owner: &str, partition: i32, id: &str) -> Result<TimerStatus, String> {
-        let url = format!("http://{owner}{}", timer_path(partition, id));
+    async fn ask<T: DeserializeOwned>(&self, owner: &str, path: &str) -> Result<T, String> {
+        let url = format!("http://{owner}{path}");
         let response = self.http.get(url).send().await.map_err(|e| e.to_string())?;
         if !response.status().is_success() {
             return Err(format!("status {}", response.status()));
@@ -97,15 +149,7 @@ impl TimerLookup {
     }
 
     async fn partition_of(&self, id: &str) -> Result<i32, ApiError> {
-        let known = *self.partitions.lock().unwrap_or_else(|e| e.into_inner());
-        let count = match known {
-            Some(n) => n,
-            None => {
-                let n = self.fetch_partition_count().await?;
-                *self.partitions.lock().unwrap_or_else(|e| e.into_inner()) = Some(n);
-                n
-            }
-        };
+        let count = self.partition_count().await?;
         Ok(partition_for_key(id.as_bytes(), count))
     }
 
@@ -187,9 +231,52 @@ impl TimerLookup {
 
 fn loading(partition: i32) -> ApiError {
     ApiError::unavailable(
-        format!("partition {partition} of the timer is being loaded by its engine; retry shortly"),
+        format!("partition {partition} is being loaded by its engine; retry shortly"),
         1,
     )
+}
+
+/// Whether an engine's answer comes from the partition's owner.
+enum Ownership {
+    NotOwned,
+    Loading,
+    Owned,
+}
+
+/// The answers of the status protocol, which all say whether the engine
+/// owns the partition.
+trait OwnerAnswer {
+    fn ownership(&self) -> Ownership;
+}
+
+impl OwnerAnswer for TimerStatus {
+    fn ownership(&self) -> Ownership {
+        match self {
+            TimerStatus::NotOwned => Ownership::NotOwned,
+            TimerStatus::Loading => Ownership::Loading,
+            _ => Ownership::Owned,
+        }
+    }
+}
+
+impl OwnerAnswer for ScheduleStatus {
+    fn ownership(&self) -> Ownership {
+        match self {
+            ScheduleStatus::NotOwned => Ownership::NotOwned,
+            ScheduleStatus::Loading => Ownership::Loading,
+            _ => Ownership::Owned,
+        }
+    }
+}
+
+impl OwnerAnswer for ListAnswer {
+    fn ownership(&self) -> Ownership {
+        match self {
+            ListAnswer::NotOwned => Ownership::NotOwned,
+            ListAnswer::Loading => Ownership::Loading,
+            ListAnswer::Listed { .. } => Ownership::Owned,
+        }
+    }
 }
 
 /// The partitions of `topic` in a classic consumer-protocol assignment:
