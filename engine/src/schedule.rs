@@ -26,9 +26,13 @@ use crate::output::Output;
 use crate::partition::PartitionState;
 use crate::status::Finish;
 
-/// Skipped occurrences are counted one by one up to this many (a very long
-/// outage of a very frequent cron schedule is counted as this many).
-const COUNT_LIMIT: u64 = 100_000;
+/// Skipped occurrences of a cron schedule are counted one by one up to this
+/// many (a very long outage or pause of a very frequent one is counted as
+/// this many), so the work a schedule costs at once stays small.
+const COUNT_LIMIT: u64 = 10_000;
+/// Most occurrences one schedule emits ahead (within the lead) at once; the
+/// rest come with the next transaction.
+const MAX_AHEAD: usize = MAX_CATCH_UP;
 
 /// The schedules of one partition, by id.
 pub type Schedules = hashbrown::HashMap<Bytes, Schedule>;
@@ -203,6 +207,9 @@ impl Schedule {
             next = at;
         }
         while let Some(a) = next.filter(|&a| a <= horizon) {
+            if fire.len() >= MAX_CATCH_UP + MAX_AHEAD {
+                break;
+            }
             fire.push(a);
             next = self.next_after(a);
         }
