@@ -19,7 +19,8 @@ use common::{Chime, Received, Receiver};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A receiver that answers by path: `/fail…` 500, `/gone…` 404, else 200.
+/// A receiver that answers by path: `/fail…` 500, `/gone…` 404, `/once…`
+/// 500 the first time and 200 after, else 200.
 struct ByPath {
     addr: std::net::SocketAddr,
     rx: mpsc::UnboundedReceiver<Received>,
@@ -28,10 +29,12 @@ struct ByPath {
 impl ByPath {
     async fn start() -> ByPath {
         let (tx, rx) = mpsc::unbounded_channel();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(HashSet::new()));
         let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: Bytes| {
-            let tx = tx.clone();
+            let (tx, seen) = (tx.clone(), seen.clone());
             async move {
                 let path = uri.path().to_string();
+                let first = seen.lock().unwrap().insert(path.clone());
                 let _ = tx.send(Received {
                     method: String::new(),
                     path: path.clone(),
@@ -42,7 +45,7 @@ impl ByPath {
                     body: String::from_utf8_lossy(&body).into(),
                     at_ms: now_ms(),
                 });
-                if path.starts_with("/fail") {
+                if path.starts_with("/fail") || (path.starts_with("/once") && first) {
                     StatusCode::INTERNAL_SERVER_ERROR
                 } else if path.starts_with("/gone") {
                     StatusCode::NOT_FOUND
@@ -297,6 +300,15 @@ async fn what_each_callback_answered_is_in_the_status() {
         )
         .await;
     assert_eq!(code, 201, "{body}");
+    // A timer whose callback fails once and is retried in place.
+    let (code, body) = chime
+        .post(
+            "/v1/timers",
+            json!({"id": "once-1", "delay_ms": 0, "callback": {"url": rx.url("/once")},
+                   "retry": {"initial_backoff_ms": 200}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
     // A timer whose callback fails twice: a retry (a timer) between.
     let (code, body) = chime
         .post(
@@ -318,6 +330,13 @@ async fn what_each_callback_answered_is_in_the_status() {
     // The original API keeps its exact shape.
     let (code, legacy) = get(&chime, "/timers/ok-1").await;
     assert_eq!((code, legacy), (200, json!({"id": "ok-1", "time_left": 0})));
+
+    let once = eventually(&chime, "once-1 delivered", "/v1/timers/once-1", |s| {
+        s["delivery"]["state"] == "delivered"
+    })
+    .await;
+    assert_eq!(once["delivery"]["attempts"], 2, "{once}");
+    assert_eq!(once["delivery"]["last_status"], 200);
 
     let retrying = eventually(&chime, "fail-1 retrying", "/v1/timers/fail-1", |s| {
         s["delivery"]["state"] == "retrying"

@@ -195,7 +195,7 @@ impl Delivery {
             let (status, error, retry_after_ms) = match result {
                 CallResult::Delivered { status } => {
                     let delivered =
-                        self.outcome(&spec, DeliveryResult::Delivered, Some(status), None);
+                        self.outcome(&fire, &spec, DeliveryResult::Delivered, Some(status), None);
                     return Settled::Done(vec![delivered]);
                 }
                 CallResult::Permanent { status, error } => {
@@ -361,6 +361,7 @@ impl Delivery {
         status: Option<u16>,
     ) -> Settled {
         let outcome = self.outcome(
+            fire,
             spec,
             DeliveryResult::DeadLettered,
             status,
@@ -373,9 +374,12 @@ impl Delivery {
     }
 
     /// The outcome record of a finished firing, for the engine that owns the
-    /// timer (or the occurrence's schedule).
+    /// timer (or the occurrence's schedule). `spec` is the last attempt's;
+    /// the outcome names the due time of `fire`, the record the engine
+    /// emitted (retries in place move the spec's).
     fn outcome(
         &self,
+        fire: &FireRecord,
         spec: &TimerSpec,
         result: DeliveryResult,
         status: Option<u16>,
@@ -384,7 +388,10 @@ impl Delivery {
         let id = spec.schedule_id.clone().unwrap_or_else(|| spec.id.clone());
         let outcome = Outcome {
             timer_id: (id != spec.id).then(|| spec.id.clone()),
-            fire_at_ms: spec.fire_at_ms,
+            fire_at_ms: fire
+                .timer
+                .as_ref()
+                .map_or(spec.fire_at_ms, |emitted| emitted.fire_at_ms),
             first_fire_at_ms: spec.first_fire_at_ms,
             delivery: DeliveryReport {
                 result,
