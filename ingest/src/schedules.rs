@@ -82,7 +82,6 @@ pub struct CreateSchedule {
 pub struct CatchUpSchema {
     /// `latest` (default): only the most recent missed occurrence; `all`:
     /// every one (at most the 1000 most recent); `none`: none.
-    #[schema(value_type = Option<String>, example = "latest")]
     pub policy: Option<CatchUpPolicyName>,
     /// Default 60000 (one minute).
     pub window_ms: Option<u64>,
