@@ -429,15 +429,18 @@ pub async fn create_schedule(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<ScheduleCreated>), ApiError> {
     let req: CreateSchedule = parse_json(body, &state.config)?;
-    let schedule = new_schedule(req, &state.config, now_ms())?;
+    let now = now_ms();
+    let schedule = new_schedule(req, &state.config, now)?;
     if schedule.id_given {
         if let Some(existing) = same_schedule(&state, &schedule.spec).await {
             return Ok((StatusCode::CREATED, Json(existing)));
         }
     }
+    // The record's timestamp is the time the engine counts the schedule
+    // from: the same `now` the answer's due times were computed with.
     state
         .log
-        .append(&TimerCommand::Recurring(schedule.spec.clone()))
+        .append_at(&TimerCommand::Recurring(schedule.spec.clone()), Some(now))
         .await?;
     Ok((
         StatusCode::CREATED,
