@@ -2,7 +2,8 @@
 //! cron one), produced straight to `chime.timers`, keep firing while real
 //! `chime engine` processes are killed, restarted and replaced. Read from
 //! `chime.fires` (read_committed), every occurrence from the first to the
-//! last is there exactly once: none missed, none twice.
+//! last is there exactly once: none missed, none twice; and `chime check`
+//! says so from the topics alone.
 
 mod common;
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+use chime_engine::checker::{check, CheckConfig, CheckReport};
 use chime_ingest::lookup::assigned_partitions;
 use chime_wire::partition::partition_for_key;
 use chime_wire::schedule::ScheduleSpec;
@@ -40,6 +42,15 @@ fn recurring(id: &str, how: serde_json::Value) -> TimerCommand {
     }
     let spec: ScheduleSpec = serde_json::from_value(json).expect("a schedule spec");
     TimerCommand::Recurring(spec)
+}
+
+async fn audit(prefix: &str) -> CheckReport {
+    let mut config = CheckConfig::new(&common::bootstrap(), prefix);
+    config.grace = Duration::ZERO;
+    tokio::task::spawn_blocking(move || check(&config))
+        .await
+        .expect("checker task")
+        .expect("checker reads the topics")
 }
 
 /// Which engine instance owns `partition` of the timers topic, as the
@@ -174,7 +185,24 @@ async fn every_second_schedules_fire_each_occurrence_once_across_kill9_and_failo
         Duration::from_secs(60),
         |s| ids.iter().all(|id| after(s, id, failed_at + 7_000) >= 5),
     );
+
+    // Cancel ends them; then the checker, from the topics alone, finds every
+    // occurrence each state counts in chime.fires once, none missed, none
+    // after the cancel.
+    TimerProducer::new(&topics)
+        .send_all(&ids.map(|id| TimerCommand::Cancel { id: id.to_string() }))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let report = loop {
+        let report = audit(&prefix).await;
+        if report.is_clean() || std::time::Instant::now() > deadline {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     survivor.terminate();
+    assert!(report.is_clean(), "checker found problems:\n{report}");
+    assert_eq!(report.schedules, 2, "{report}");
 
     let fires = watcher.snapshot();
     for id in ids {

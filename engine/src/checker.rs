@@ -9,7 +9,8 @@
 //! same `(id, fire_at)` must exist (a revoke record on the fires topic takes
 //! back a fire emitted ahead of its time). Earlier schedules of the same id
 //! that were replaced may or may not have fired (a re-schedule after the fire
-//! is a new timer), but no `(id, fire_at)` may fire twice.
+//! is a new timer), but no `(id, fire_at)` may fire twice. Schedules are
+//! audited by [`crate::checker_schedules`].
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -24,6 +25,8 @@ use chime_kafka::group::QuietEof;
 use chime_kafka::MessageHeaders;
 use chime_wire::time::now_ms;
 use chime_wire::{ChangelogRecord, FiresRecord, Revoke, TimerCommand, Topics};
+
+use crate::checker_schedules::ScheduleAudit;
 
 #[derive(Debug, Clone)]
 pub struct CheckConfig {
@@ -100,6 +103,13 @@ pub struct CheckReport {
     pub fired_after_cancel: Vec<String>,
     /// Still pending in the changelog although due before now − grace (ids).
     pub overdue: Vec<String>,
+    /// Schedules audited (those with a state in the changelog).
+    pub schedules: usize,
+    /// Schedules whose occurrences in `chime.fires` differ in number from
+    /// what their state says fired (ids).
+    pub schedule_miscounts: Vec<String>,
+    /// Occurrences due that neither fired nor were skipped (occurrence ids).
+    pub missed_occurrences: Vec<String>,
     pub lateness_ms: Lateness,
 }
 
@@ -111,6 +121,8 @@ impl CheckReport {
             && self.early.is_empty()
             && self.fired_after_cancel.is_empty()
             && self.overdue.is_empty()
+            && self.schedule_miscounts.is_empty()
+            && self.missed_occurrences.is_empty()
     }
 }
 
@@ -128,12 +140,15 @@ impl std::fmt::Display for CheckReport {
         writeln!(f, "fire records           {}", self.fires)?;
         writeln!(f, "revoked fires          {}", self.revoked)?;
         writeln!(f, "pending in changelog   {}", self.pending)?;
+        writeln!(f, "schedules audited      {}", self.schedules)?;
         for (name, ids) in [
             ("missing", &self.missing),
             ("fired more than once", &self.duplicates),
             ("fired early", &self.early),
             ("fired after cancel", &self.fired_after_cancel),
             ("overdue in changelog", &self.overdue),
+            ("schedule miscounts", &self.schedule_miscounts),
+            ("missed occurrences", &self.missed_occurrences),
         ] {
             writeln!(f, "{name:<22} {} {}", ids.len(), sample(ids))?;
         }
@@ -164,9 +179,14 @@ pub fn check(config: &CheckConfig) -> anyhow::Result<CheckReport> {
     let mut report = CheckReport::default();
 
     let mut intents: HashMap<String, Intent> = HashMap::new();
+    let mut schedules = ScheduleAudit::default();
     read_all(config, &config.topics.timers, |m| {
         report.commands += 1;
-        match TimerCommand::decode(m.key(), m.payload()) {
+        let decoded = TimerCommand::decode(m.key(), m.payload());
+        if let Ok(command) = &decoded {
+            schedules.command(command, timestamp(m));
+        }
+        match decoded {
             Ok(TimerCommand::Schedule(spec)) => {
                 intents.insert(
                     spec.id,
@@ -181,10 +201,32 @@ pub fn check(config: &CheckConfig) -> anyhow::Result<CheckReport> {
                     intent.cancelled_at_ms.get_or_insert(timestamp(m));
                 }
             }
-            Ok(_) => {}  // schedules, outcomes
+            Ok(_) => {}  // schedules (above), outcomes
             Err(_) => {} // dead-lettered by the engine
         }
     })?;
+
+    // The changelog before the fires: every occurrence a schedule's state
+    // counts is then among the fires read, even while engines run.
+    let mut pending: HashMap<String, u64> = HashMap::new();
+    read_all(config, &config.topics.changelog, |m| {
+        let Some(id) = m.key().map(|k| String::from_utf8_lossy(k).into_owned()) else {
+            return;
+        };
+        if schedules.changelog(&id, m.payload(), &MessageHeaders(m)) {
+            return;
+        }
+        match ChangelogRecord::decode(m.payload(), &MessageHeaders(m)) {
+            Ok(ChangelogRecord::Pending { fire_at_ms, .. }) => {
+                pending.insert(id, fire_at_ms);
+            }
+            Ok(ChangelogRecord::Finished(_)) => {
+                pending.remove(&id);
+            }
+            Err(_) => {}
+        }
+    })?;
+    report.pending = pending.len();
 
     // (id, fire_at) → fired_at of each fire record not revoked
     let mut fired: HashMap<(String, u64), Vec<u64>> = HashMap::new();
@@ -195,6 +237,7 @@ pub fn check(config: &CheckConfig) -> anyhow::Result<CheckReport> {
             Ok(FiresRecord::Fire(fire)) => (fire.spec, fire.fired_at_ms),
             // A revoke takes back a fire emitted ahead of its time.
             Ok(FiresRecord::Revoke(Revoke { id, fire_at_ms })) => {
+                schedules.revoke(&id, fire_at_ms);
                 if let Some(times) = fired.get_mut(&(id, fire_at_ms)) {
                     times.pop();
                     report.fires -= 1;
@@ -210,28 +253,12 @@ pub fn check(config: &CheckConfig) -> anyhow::Result<CheckReport> {
             report.early.push(spec.id.clone());
         }
         lateness.push(fired_at.saturating_sub(spec.fire_at_ms));
+        schedules.fire(&spec, fired_at);
         fired
             .entry((spec.id, spec.fire_at_ms))
             .or_default()
             .push(fired_at);
     })?;
-
-    let mut pending: HashMap<String, u64> = HashMap::new();
-    read_all(config, &config.topics.changelog, |m| {
-        let Some(id) = m.key().map(|k| String::from_utf8_lossy(k).into_owned()) else {
-            return;
-        };
-        match ChangelogRecord::decode(m.payload(), &MessageHeaders(m)) {
-            Ok(ChangelogRecord::Pending { fire_at_ms, .. }) => {
-                pending.insert(id, fire_at_ms);
-            }
-            Ok(ChangelogRecord::Finished(_)) => {
-                pending.remove(&id);
-            }
-            Err(_) => {}
-        }
-    })?;
-    report.pending = pending.len();
 
     let due_before = now.saturating_sub(config.grace.as_millis() as u64);
     for ((id, _), times) in &fired {
@@ -264,12 +291,20 @@ pub fn check(config: &CheckConfig) -> anyhow::Result<CheckReport> {
             report.overdue.push(id.clone());
         }
     }
+    let found = schedules.finish(due_before);
+    report.schedules = found.schedules;
+    report.schedule_miscounts = found.miscounts;
+    report.missed_occurrences = found.missed;
+    report.fired_after_cancel.extend(found.fired_after_cancel);
+    report.overdue.extend(found.overdue);
     for ids in [
         &mut report.missing,
         &mut report.duplicates,
         &mut report.early,
         &mut report.fired_after_cancel,
         &mut report.overdue,
+        &mut report.schedule_miscounts,
+        &mut report.missed_occurrences,
     ] {
         ids.sort();
         ids.dedup();

@@ -5,6 +5,7 @@
 //! how a partition's state survives its owner.
 
 pub mod checker;
+pub mod checker_schedules;
 pub mod listing;
 pub mod output;
 pub mod owner;
