@@ -359,21 +359,32 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("binding {addr}"))
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Role::Bench(args) = &cli.role {
+    let result = if let Role::Bench(args) = &cli.role {
         // Replaces this process; returns only if chime-bench cannot start.
-        return Err(bench::exec(
+        Err(bench::exec(
             args,
             &cli.kafka.bootstrap,
             &cli.kafka.topic_prefix,
-        ));
+        ))
+    } else {
+        chime_telemetry::init_logging();
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(run(cli)))
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, causes included: what went wrong and what to do,
+            // never a backtrace (RUST_BACKTRACE set or not).
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
-    chime_telemetry::init_logging();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -193,6 +193,8 @@ fn timer(id: &str, url: String) -> TimerSpec {
         attempt: 1,
         retry: RetryPolicy::default(),
         first_fire_at_ms: None,
+        schedule_id: None,
+        delivery: None,
     }
 }
 
@@ -265,12 +267,13 @@ async fn two_503s_then_success_retries_as_timers_with_one_idempotency_key() {
     );
 
     // The retries are schedule records on <prefix>.timers: attempts 2 and 3,
-    // carrying the first due time.
+    // carrying the first due time. (Also there: the probes and their outcome
+    // records, the create, and its outcome.)
     let topic = chime.topics.timers.clone();
     let records = tokio::task::spawn_blocking(move || {
         read_topic(
             &topic,
-            common::PARTITIONS as usize + 3,
+            2 * common::PARTITIONS as usize + 4,
             Duration::from_secs(20),
         )
     })

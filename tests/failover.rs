@@ -52,6 +52,8 @@ async fn a_cancel_after_failover_still_revokes_a_fire_emitted_ahead() {
         attempt: 1,
         retry: Default::default(),
         first_fire_at_ms: None,
+        schedule_id: None,
+        delivery: None,
     });
     producer.send_all(&[victim]).await;
     tokio::task::block_in_place(|| {

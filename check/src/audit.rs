@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 
-use chime_wire::{ChangelogRecord, FiresRecord, Revoke, TimerCommand};
+use chime_wire::{ChangelogRecord, FiresRecord, RecordHeaders, Revoke, TimerCommand};
 
+use crate::schedules::ScheduleAudit;
 use crate::{CheckConfig, CheckReport, Lateness};
 
 /// The latest command for one timer id.
@@ -30,6 +31,7 @@ pub struct Audit {
     lateness: Vec<u64>,
     /// id → fire_at of what the changelog holds pending.
     pending: HashMap<String, u64>,
+    schedules: ScheduleAudit,
 }
 
 impl Audit {
@@ -46,6 +48,7 @@ impl Audit {
             early: Vec::new(),
             lateness: Vec::new(),
             pending: HashMap::new(),
+            schedules: ScheduleAudit::default(),
         }
     }
 
@@ -53,6 +56,9 @@ impl Audit {
     /// the engine dead-letters) written at `timestamp_ms`.
     pub fn command(&mut self, command: Option<TimerCommand>, timestamp_ms: u64) {
         self.commands += 1;
+        if let Some(command) = &command {
+            self.schedules.command(command, timestamp_ms);
+        }
         match command {
             Some(TimerCommand::Schedule(spec)) => {
                 self.intents.insert(
@@ -68,7 +74,8 @@ impl Audit {
                     intent.cancelled_at_ms.get_or_insert(timestamp_ms);
                 }
             }
-            None => {}
+            // Schedules (above), outcomes; `None`: dead-lettered by the engine.
+            Some(_) | None => {}
         }
     }
 
@@ -79,6 +86,7 @@ impl Audit {
             FiresRecord::Fire(fire) => (fire.spec, fire.fired_at_ms.unwrap_or(timestamp_ms)),
             // A revoke takes back a fire emitted ahead of its time.
             FiresRecord::Revoke(Revoke { id, fire_at_ms }) => {
+                self.schedules.revoke(&id, fire_at_ms);
                 if let Some(times) = self.fired.get_mut(&(id, fire_at_ms)) {
                     if times.pop().is_some() {
                         self.fires -= 1;
@@ -92,6 +100,7 @@ impl Audit {
         if fired_at.saturating_add(self.lead_ms) < spec.fire_at_ms {
             self.early.push(spec.id.clone());
         }
+        self.schedules.fire(&spec, fired_at);
         self.lateness.push(fired_at.saturating_sub(spec.fire_at_ms));
         self.fired
             .entry((spec.id, spec.fire_at_ms))
@@ -99,15 +108,25 @@ impl Audit {
             .push(fired_at);
     }
 
-    /// A record of the changelog, keyed `id`.
-    pub fn changelog_record(&mut self, id: &str, record: ChangelogRecord) {
-        match record {
-            ChangelogRecord::Pending { fire_at_ms, .. } => {
+    /// A record of the changelog, keyed `id`: a schedule's state, or a
+    /// timer's pending record or tombstone. Read before the fires topic.
+    pub fn changelog_record(
+        &mut self,
+        id: &str,
+        value: Option<&[u8]>,
+        headers: &(impl RecordHeaders + ?Sized),
+    ) {
+        if self.schedules.changelog(id, value, headers) {
+            return;
+        }
+        match ChangelogRecord::decode(value, headers) {
+            Ok(ChangelogRecord::Pending { fire_at_ms, .. }) => {
                 self.pending.insert(id.to_string(), fire_at_ms);
             }
-            ChangelogRecord::Finished(_) => {
+            Ok(ChangelogRecord::Finished(_)) => {
                 self.pending.remove(id);
             }
+            Err(_) => {}
         }
     }
 
@@ -156,12 +175,20 @@ impl Audit {
                 report.overdue.push(id.clone());
             }
         }
+        let found = std::mem::take(&mut self.schedules).finish(due_before);
+        report.schedules = found.schedules;
+        report.schedule_miscounts = found.miscounts;
+        report.missed_occurrences = found.missed;
+        report.fired_after_cancel.extend(found.fired_after_cancel);
+        report.overdue.extend(found.overdue);
         for ids in [
             &mut report.missing,
             &mut report.duplicates,
             &mut report.early,
             &mut report.fired_after_cancel,
             &mut report.overdue,
+            &mut report.schedule_miscounts,
+            &mut report.missed_occurrences,
         ] {
             ids.sort();
             ids.dedup();
@@ -243,21 +270,16 @@ mod tests {
         fire(&mut a, "twice", 10_000, 13_000);
         fire(&mut a, "early", 10_000, 9_700); // 300 ms ahead, lead 200
         fire(&mut a, "ahead", 10_000, 9_800); // within the lead
-        a.changelog_record(
-            "stuck",
-            ChangelogRecord::Pending {
-                fire_at_ms: 10_000,
-                command: b"{}",
-            },
-        );
-        a.changelog_record(
-            "left",
-            ChangelogRecord::Pending {
-                fire_at_ms: 10_000,
-                command: b"{}",
-            },
-        );
-        a.changelog_record("left", ChangelogRecord::Finished(None));
+        let changelog = |a: &mut Audit, id: &str, record: ChangelogRecord<'_>| {
+            a.changelog_record(id, record.value(), &record.headers());
+        };
+        let pending = ChangelogRecord::Pending {
+            fire_at_ms: 10_000,
+            command: b"{}",
+        };
+        changelog(&mut a, "stuck", pending);
+        changelog(&mut a, "left", pending);
+        changelog(&mut a, "left", ChangelogRecord::Finished(None));
         let r = a.report(20_000);
         assert_eq!(r.commands, 7);
         assert_eq!(r.expected, 5, "not-yet-due is inside the grace");

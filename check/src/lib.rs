@@ -11,13 +11,16 @@
 //! same `(id, fire_at)` must exist (a revoke record on the fires topic takes
 //! back a fire emitted ahead of its time). Earlier schedules of the same id
 //! that were replaced may or may not have fired (a re-schedule after the fire
-//! is a new timer), but no `(id, fire_at)` may fire twice.
+//! is a new timer), but no `(id, fire_at)` may fire twice. Schedules are
+//! audited by [`schedules`]: every occurrence due fired or was skipped by its
+//! catch-up policy, none twice, and as many as the schedule's state counts.
 //!
 //! Two engine settings enter the audit, so they must match the engines':
 //! the lead (a fire emitted up to `lead` before its time is not early) and
 //! the tick (see [`CheckConfig::cancel_allowance`]).
 
 mod audit;
+mod schedules;
 
 use std::time::{Duration, Instant};
 
@@ -30,7 +33,7 @@ use serde::Serialize;
 use chime_kafka::group::QuietEof;
 use chime_kafka::MessageHeaders;
 use chime_wire::time::now_ms;
-use chime_wire::{ChangelogRecord, FiresRecord, TimerCommand, Topics};
+use chime_wire::{FiresRecord, TimerCommand, Topics};
 
 pub use audit::Audit;
 
@@ -138,6 +141,13 @@ pub struct CheckReport {
     pub fired_after_cancel: Vec<String>,
     /// Still pending in the changelog although due before now − grace (ids).
     pub overdue: Vec<String>,
+    /// Schedules audited (those with a state in the changelog).
+    pub schedules: usize,
+    /// Schedules whose occurrences in `chime.fires` differ in number from
+    /// what their state says fired (ids).
+    pub schedule_miscounts: Vec<String>,
+    /// Occurrences due that neither fired nor were skipped (occurrence ids).
+    pub missed_occurrences: Vec<String>,
     pub lateness_ms: Lateness,
 }
 
@@ -149,6 +159,8 @@ impl CheckReport {
             && self.early.is_empty()
             && self.fired_after_cancel.is_empty()
             && self.overdue.is_empty()
+            && self.schedule_miscounts.is_empty()
+            && self.missed_occurrences.is_empty()
     }
 }
 
@@ -166,12 +178,15 @@ impl std::fmt::Display for CheckReport {
         writeln!(f, "fire records           {}", self.fires)?;
         writeln!(f, "revoked fires          {}", self.revoked)?;
         writeln!(f, "pending in changelog   {}", self.pending)?;
+        writeln!(f, "schedules audited      {}", self.schedules)?;
         for (name, ids) in [
             ("missing", &self.missing),
             ("fired more than once", &self.duplicates),
             ("fired early", &self.early),
             ("fired after cancel", &self.fired_after_cancel),
             ("overdue in changelog", &self.overdue),
+            ("schedule miscounts", &self.schedule_miscounts),
+            ("missed occurrences", &self.missed_occurrences),
         ] {
             writeln!(f, "{name:<22} {} {}", ids.len(), sample(ids))?;
         }
@@ -199,17 +214,17 @@ pub fn check(config: &CheckConfig) -> anyhow::Result<CheckReport> {
             timestamp(m),
         );
     })?;
+    // The changelog before the fires: every occurrence a schedule's state
+    // counts is then among the fires read, even while engines run.
+    read_all(config, &config.topics.changelog, |m| {
+        if let Some(key) = m.key() {
+            let id = String::from_utf8_lossy(key);
+            audit.changelog_record(&id, m.payload(), &MessageHeaders(m));
+        }
+    })?;
     read_all(config, &config.topics.fires, |m| {
         if let Ok(record) = FiresRecord::decode(m.key(), m.payload(), &MessageHeaders(m)) {
             audit.fires_record(record, timestamp(m));
-        }
-    })?;
-    read_all(config, &config.topics.changelog, |m| {
-        if let (Some(key), Ok(record)) = (
-            m.key(),
-            ChangelogRecord::decode(m.payload(), &MessageHeaders(m)),
-        ) {
-            audit.changelog_record(&String::from_utf8_lossy(key), record);
         }
     })?;
     Ok(audit.report(now))

@@ -70,6 +70,8 @@ fn fire(i: u64, url: &str) -> (String, Vec<u8>) {
         attempt: 1,
         retry: RetryPolicy::default(),
         first_fire_at_ms: None,
+        schedule_id: None,
+        delivery: None,
     };
     (id, TimerCommand::Schedule(spec).encode())
 }

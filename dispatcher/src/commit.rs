@@ -33,7 +33,7 @@ pub struct PartitionOutputs {
     pub partition: i32,
     /// The partition's assignment epoch when they were taken.
     pub epoch: u64,
-    pub records: Vec<(i64, OutputRecord)>,
+    pub records: Vec<(i64, Vec<OutputRecord>)>,
 }
 
 impl CommitBatch {
@@ -86,7 +86,7 @@ impl Committer {
     /// Commits `batch` in one transaction; on failure nothing of it is visible.
     pub fn commit(&mut self, batch: &CommitBatch) -> anyhow::Result<()> {
         for outputs in &batch.outputs {
-            for (_, out) in &outputs.records {
+            for out in outputs.records.iter().flat_map(|(_, r)| r) {
                 let record = OutRecord {
                     topic: &out.topic,
                     partition: None,

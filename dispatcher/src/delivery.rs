@@ -13,7 +13,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use chime_wire::time::now_ms;
-use chime_wire::{lossy, DeadLetter, FiresRecord, TimerCommand, TimerSpec};
+use chime_wire::{
+    lossy, DeadLetter, Delivery as DeliveryReport, DeliveryResult, FiresRecord, Outcome,
+    TimerCommand, TimerSpec,
+};
 
 use crate::address::{refusal_in, AddressPolicy, GuardedResolver};
 use crate::hosts::HostLimits;
@@ -27,6 +30,12 @@ pub const HEADER_TIMER_ID: &str = "chime-timer-id";
 pub const HEADER_FIRE_AT: &str = "chime-fire-at-ms";
 /// Request header with the attempt number, from 1.
 pub const HEADER_ATTEMPT: &str = "chime-attempt";
+/// Request header naming the schedule an occurrence belongs to
+/// (percent-encoded like the timer id).
+pub const HEADER_SCHEDULE_ID: &str = "chime-schedule-id";
+/// Request header with an occurrence's due time, unix ms (the same on
+/// every attempt, unlike `chime-fire-at-ms`).
+pub const HEADER_OCCURRENCE_AT: &str = "chime-occurrence-at-ms";
 
 /// At most this much of an error answer's body is kept for the dead letter.
 const EXCERPT_BYTES: usize = 256;
@@ -83,8 +92,9 @@ pub struct OutputRecord {
 /// How a fire record was settled.
 #[derive(Debug)]
 pub enum Settled {
-    /// Done; `Some` is what to write for it (a retry timer or a dead letter).
-    Done(Option<OutputRecord>),
+    /// Done, with what to write for it: a retry timer, or a dead letter and
+    /// the outcome record, or the outcome record alone.
+    Done(Vec<OutputRecord>),
     /// Shutdown came first; the record stays uncommitted for the next owner.
     Abandoned,
 }
@@ -153,7 +163,7 @@ impl Delivery {
         let mut spec = match &fire.timer {
             Ok(spec) => spec.clone(),
             Err(reason) => {
-                return Settled::Done(Some(self.dead_letter(&fire, None, reason.clone(), None)))
+                return Settled::Done(vec![self.dead_letter(&fire, None, reason.clone(), None)])
             }
         };
         let first_fire_at = spec.first_fire_at_ms.unwrap_or(spec.fire_at_ms);
@@ -168,7 +178,7 @@ impl Delivery {
                 _ = abandon.cancelled() => return Settled::Abandoned,
                 _ = revoked.cancelled() => {
                     tracing::debug!(id = %spec.id, "held fire revoked");
-                    return Settled::Done(None);
+                    return Settled::Done(Vec::new());
                 }
             }
         }
@@ -183,9 +193,13 @@ impl Delivery {
             metrics::counter!("chime_dispatcher_outcomes_total", "class" => result.class())
                 .increment(1);
             let (status, error, retry_after_ms) = match result {
-                CallResult::Delivered => return Settled::Done(None),
+                CallResult::Delivered { status } => {
+                    let delivered =
+                        self.outcome(&fire, &spec, DeliveryResult::Delivered, Some(status), None);
+                    return Settled::Done(vec![delivered]);
+                }
                 CallResult::Permanent { status, error } => {
-                    return Settled::Done(Some(self.dead_letter(&fire, Some(&spec), error, status)))
+                    return self.give_up(&fire, &spec, error, status);
                 }
                 CallResult::Retryable {
                     status,
@@ -195,7 +209,7 @@ impl Delivery {
             };
             if spec.attempt >= policy.max_attempts {
                 let reason = format!("gave up after {} attempts; last: {error}", spec.attempt);
-                return Settled::Done(Some(self.dead_letter(&fire, Some(&spec), reason, status)));
+                return self.give_up(&fire, &spec, reason, status);
             }
             let backoff = policy
                 .backoff_ms(spec.attempt, random_unit())
@@ -207,19 +221,27 @@ impl Delivery {
                     "retry deadline passed ({} ms after the first due time) after {} attempts; last: {error}",
                     policy.deadline_ms, spec.attempt
                 );
-                return Settled::Done(Some(self.dead_letter(&fire, Some(&spec), reason, status)));
+                return self.give_up(&fire, &spec, reason, status);
             }
             tracing::debug!(id = %spec.id, attempt = spec.attempt, backoff, %error, "callback failed; will retry");
+            // A retry timer carries the failed attempts, for status answers.
+            spec.delivery = Some(DeliveryReport {
+                result: DeliveryResult::Retrying,
+                attempts: spec.attempt,
+                status,
+                error: Some(DeliveryReport::short_error(&error)),
+                at_ms: now_ms(),
+            });
             spec.attempt += 1;
             spec.fire_at_ms = next_at;
             spec.first_fire_at_ms = Some(first_fire_at);
             if Duration::from_millis(backoff) >= self.wait_in_place_below {
                 // A long backoff becomes a timer, so no dispatcher sleeps on it.
-                return Settled::Done(Some(OutputRecord {
+                return Settled::Done(vec![OutputRecord {
                     topic: self.timers.clone(),
                     key: Some(spec.id.clone().into_bytes()),
                     payload: TimerCommand::Schedule(spec).encode(),
-                }));
+                }]);
             }
         }
     }
@@ -296,6 +318,15 @@ impl Delivery {
         headers.insert(HEADER_TIMER_ID, id);
         headers.insert(HEADER_FIRE_AT, HeaderValue::from(spec.fire_at_ms));
         headers.insert(HEADER_ATTEMPT, HeaderValue::from(spec.attempt));
+        if let Some(schedule) = &spec.schedule_id {
+            let schedule: String =
+                url::form_urlencoded::byte_serialize(schedule.as_bytes()).collect();
+            let schedule = HeaderValue::from_str(&schedule)
+                .map_err(|e| permanent(format!("schedule id as a header: {e}")))?;
+            headers.insert(HEADER_SCHEDULE_ID, schedule);
+            let due = spec.first_fire_at_ms.unwrap_or(spec.fire_at_ms);
+            headers.insert(HEADER_OCCURRENCE_AT, HeaderValue::from(due));
+        }
         headers.insert(
             HEADER_IDEMPOTENCY_KEY,
             HeaderValue::from_str(key).map_err(|e| permanent(e.to_string()))?,
@@ -331,6 +362,63 @@ impl Delivery {
         let answer_headers = response.headers().clone();
         let excerpt = drain(response, !status.is_success()).await;
         Ok(classify(status, &answer_headers, &excerpt))
+    }
+
+    /// A firing given up on: its dead letter, and its outcome record.
+    fn give_up(
+        &self,
+        fire: &FireRecord,
+        spec: &TimerSpec,
+        reason: String,
+        status: Option<u16>,
+    ) -> Settled {
+        let outcome = self.outcome(
+            fire,
+            spec,
+            DeliveryResult::DeadLettered,
+            status,
+            Some(DeliveryReport::short_error(&reason)),
+        );
+        Settled::Done(vec![
+            self.dead_letter(fire, Some(spec), reason, status),
+            outcome,
+        ])
+    }
+
+    /// The outcome record of a finished firing, for the engine that owns the
+    /// timer (or the occurrence's schedule). `spec` is the last attempt's;
+    /// the outcome names the due time of `fire`, the record the engine
+    /// emitted (retries in place move the spec's).
+    fn outcome(
+        &self,
+        fire: &FireRecord,
+        spec: &TimerSpec,
+        result: DeliveryResult,
+        status: Option<u16>,
+        error: Option<String>,
+    ) -> OutputRecord {
+        let id = spec.schedule_id.clone().unwrap_or_else(|| spec.id.clone());
+        let outcome = Outcome {
+            timer_id: (id != spec.id).then(|| spec.id.clone()),
+            fire_at_ms: fire
+                .timer
+                .as_ref()
+                .map_or(spec.fire_at_ms, |emitted| emitted.fire_at_ms),
+            first_fire_at_ms: spec.first_fire_at_ms,
+            delivery: DeliveryReport {
+                result,
+                attempts: spec.attempt,
+                status,
+                error,
+                at_ms: now_ms(),
+            },
+            id,
+        };
+        OutputRecord {
+            topic: self.timers.clone(),
+            key: Some(outcome.id.clone().into_bytes()),
+            payload: TimerCommand::Outcome(outcome).encode(),
+        }
     }
 
     fn dead_letter(

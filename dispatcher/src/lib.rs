@@ -130,7 +130,7 @@ struct Finished {
 /// One assignment of a partition: its commit progress, and the token that
 /// ends its waits when it is given up.
 struct Track {
-    progress: PartitionProgress<OutputRecord>,
+    progress: PartitionProgress<Vec<OutputRecord>>,
     abandon: CancellationToken,
 }
 
@@ -257,7 +257,7 @@ impl Dispatcher {
                 partition,
                 epoch,
                 offset,
-                settled: Settled::Done(None),
+                settled: Settled::Done(Vec::new()),
                 id: None,
             });
             return;
@@ -323,7 +323,9 @@ impl Dispatcher {
             return;
         }
         let finished = match done.settled {
-            Settled::Done(output) => track.progress.finish(done.offset, output),
+            Settled::Done(outputs) => track
+                .progress
+                .finish(done.offset, (!outputs.is_empty()).then_some(outputs)),
             // Not delivered: the commit point stays before it.
             Settled::Abandoned => track.progress.abandon(done.offset),
         };

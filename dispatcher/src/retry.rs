@@ -58,7 +58,7 @@ impl RetryDefaults {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallResult {
     /// 2xx.
-    Delivered,
+    Delivered { status: u16 },
     /// 429, 5xx, a timeout or a connection error: worth another attempt.
     Retryable {
         status: Option<u16>,
@@ -73,7 +73,7 @@ impl CallResult {
     /// The outcome's class, as a metric label.
     pub fn class(&self) -> &'static str {
         match self {
-            CallResult::Delivered => "delivered",
+            CallResult::Delivered { .. } => "delivered",
             CallResult::Retryable { .. } => "retryable",
             CallResult::Permanent { .. } => "permanent",
         }
@@ -84,7 +84,9 @@ impl CallResult {
 /// kept for the dead letter.
 pub fn classify(status: reqwest::StatusCode, headers: &HeaderMap, excerpt: &str) -> CallResult {
     if status.is_success() {
-        return CallResult::Delivered;
+        return CallResult::Delivered {
+            status: status.as_u16(),
+        };
     }
     let mut error = format!("callback answered {status}");
     if status.is_redirection() {
@@ -167,7 +169,10 @@ mod tests {
     fn statuses_are_classified() {
         let h = HeaderMap::new();
         let s = |c: u16| reqwest::StatusCode::from_u16(c).unwrap();
-        assert_eq!(classify(s(204), &h, ""), CallResult::Delivered);
+        assert_eq!(
+            classify(s(204), &h, ""),
+            CallResult::Delivered { status: 204 }
+        );
         for code in [429, 500, 503] {
             assert!(matches!(
                 classify(s(code), &h, ""),

@@ -4,11 +4,13 @@
 //! fenced against stale owners. See [`owner`] for the loop, [`rebuild`] for
 //! how a partition's state survives its owner.
 
+pub mod listing;
 pub mod output;
 pub mod owner;
 pub mod partition;
 pub mod rebuild;
 pub mod record;
+pub mod schedule;
 pub mod status;
 pub mod status_server;
 

@@ -3,9 +3,10 @@
 
 use bytes::Bytes;
 use chime_kafka::{OutRecord, Transactional, TxnError};
+use chime_wire::changelog::{delivered_tombstone, ScheduleEnd, ScheduleRecord};
+use chime_wire::{ChangelogRecord, Delivery, Finished, Fire, HeaderList, Revoke, Topics};
 
 use crate::record::TimerRecord;
-use chime_wire::{ChangelogRecord, Finished, Fire, HeaderList, Revoke, Topics};
 
 /// One state change's records. All of a partition's outputs go to its own
 /// partition of every topic (the fires topic is keyed by timer id, and has
@@ -32,6 +33,31 @@ pub enum Output {
     Revoke { id: Bytes, fire_at_ms: u64 },
     /// An input record that breaks the contract.
     DeadLetter { key: Option<Bytes>, letter: Bytes },
+    /// The dispatcher said what came of fired timer `id`'s callback: its
+    /// `fired` tombstone, written again with the delivery.
+    Delivered {
+        id: Bytes,
+        fire_at_ms: u64,
+        fired_at_ms: u64,
+        delivery: Delivery,
+    },
+    /// An occurrence of a schedule fired: its fire record (timer id
+    /// `<schedule>@<due>`); the schedule's new state goes in the same
+    /// transaction as a [`Output::Schedule`].
+    Occurrence {
+        id: Bytes,
+        fire_at_ms: u64,
+        emitted_at_ms: u64,
+        command: Bytes,
+    },
+    /// A schedule's state: the changelog record under its id.
+    Schedule {
+        id: Bytes,
+        next_at_ms: Option<u64>,
+        state: Bytes,
+    },
+    /// A schedule that ended is forgotten: the changelog tombstone.
+    ScheduleGone { id: Bytes, end: ScheduleEnd },
 }
 
 impl Output {
@@ -43,6 +69,10 @@ impl Output {
             Output::Cancelled { .. } => "cancelled",
             Output::Revoke { .. } => "revoke",
             Output::DeadLetter { .. } => "dead-letter",
+            Output::Delivered { .. } => "delivered",
+            Output::Occurrence { .. } => "occurrence",
+            Output::Schedule { .. } => "schedule",
+            Output::ScheduleGone { .. } => "schedule-gone",
         }
     }
 
@@ -73,7 +103,9 @@ impl Output {
                 let id = timer.id();
                 let fire = OutRecord {
                     topic: &topics.fires,
-                    partition: None, // murmur2 of the id, as on the input topic
+                    // = murmur2 of the id, as on the input topic (the counts
+                    // are equal, checked at start); explicit, as for occurrences.
+                    partition: Some(partition),
                     key: Some(id),
                     value: Some(timer.command()),
                     headers: Fire::headers(*fire_at_ms, *emitted_at_ms),
@@ -96,7 +128,8 @@ impl Output {
                 let value = revoke.value();
                 let record = OutRecord {
                     topic: &topics.fires,
-                    partition: None,
+                    // After the fire it revokes, on the same partition.
+                    partition: Some(partition),
                     key: Some(id),
                     value: Some(&value),
                     headers: revoke.headers(),
@@ -113,7 +146,71 @@ impl Output {
                 };
                 txn.send(partition, record)
             }
+            Output::Delivered {
+                id,
+                fire_at_ms,
+                fired_at_ms,
+                delivery,
+            } => {
+                let record = OutRecord {
+                    topic: &topics.changelog,
+                    partition: Some(partition),
+                    key: Some(id),
+                    value: None,
+                    headers: delivered_tombstone(*fire_at_ms, *fired_at_ms, delivery),
+                };
+                txn.send(partition, record)
+            }
+            Output::Occurrence {
+                id,
+                fire_at_ms,
+                emitted_at_ms,
+                command,
+            } => {
+                let fire = OutRecord {
+                    topic: &topics.fires,
+                    // The schedule's partition (not murmur2 of the occurrence
+                    // id): all of a partition's records stay on its own
+                    // partitions, and a revoke follows its fire there.
+                    partition: Some(partition),
+                    key: Some(id),
+                    value: Some(command),
+                    headers: Fire::headers(*fire_at_ms, *emitted_at_ms),
+                };
+                txn.send(partition, fire)
+            }
+            Output::Schedule {
+                id,
+                next_at_ms,
+                state,
+            } => {
+                let record = ScheduleRecord::State {
+                    next_at_ms: *next_at_ms,
+                    state,
+                };
+                txn.send(partition, schedule_changelog(topics, partition, id, record))
+            }
+            Output::ScheduleGone { id, end } => {
+                let record = ScheduleRecord::Ended(*end);
+                txn.send(partition, schedule_changelog(topics, partition, id, record))
+            }
         }
+    }
+}
+
+/// The changelog record `record` for schedule `id` of `partition`.
+fn schedule_changelog<'a>(
+    topics: &'a Topics,
+    partition: i32,
+    id: &'a [u8],
+    record: ScheduleRecord<'a>,
+) -> OutRecord<'a> {
+    OutRecord {
+        topic: &topics.changelog,
+        partition: Some(partition),
+        key: Some(id),
+        value: record.value(),
+        headers: record.headers(),
     }
 }
 

@@ -10,6 +10,7 @@ use chime_wire::{lossy, DeadLetter, TimerCommand};
 
 use crate::output::Output;
 use crate::record::TimerRecord;
+use crate::schedule::Schedules;
 use crate::status::{Finish, FinishedTimers};
 
 /// Pending timers of one partition, each a [`TimerRecord`] (id and schedule
@@ -23,12 +24,18 @@ pub struct InputRecord {
     pub offset: i64,
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
+    /// The record's timestamp (unix ms), when it has one: when a schedule
+    /// was asked for.
+    pub timestamp_ms: Option<u64>,
 }
 
 pub struct PartitionState {
     pub partition: i32,
-    /// The partition's pending timers.
+    /// The partition's pending timers, and its schedules due at their next
+    /// occurrence ([`crate::schedule`]).
     pub wheel: TimerWheel,
+    /// The partition's schedules (active, paused, recently ended).
+    pub schedules: Schedules,
     /// The next `chime.timers` offset to apply: every record before it is
     /// reflected in `wheel`, and in Kafka once `outputs` are committed. `None`
     /// until known: the group has no committed offset and nothing was applied.
@@ -60,6 +67,7 @@ impl PartitionState {
         PartitionState {
             partition,
             wheel,
+            schedules: Schedules::new(),
             next_offset,
             finished,
             caught_up: false,
@@ -80,6 +88,8 @@ impl PartitionState {
                 let (Some(id), Some(command)) = (&rec.key, &rec.value) else {
                     unreachable!("decode checked key and value");
                 };
+                // A schedule with this id gives way.
+                self.drop_schedule(id, now);
                 // Re-scheduled while its old fire waits at a dispatcher.
                 self.revoke_early_fire(id, now);
                 self.finished.forget(id);
@@ -93,6 +103,9 @@ impl PartitionState {
             }
             Ok(TimerCommand::Cancel { id }) => {
                 let id = Bytes::from(id.into_bytes());
+                if self.cancel_schedule(&id, now) {
+                    return;
+                }
                 if self.wheel.cancel(&id[..]).is_none() && !self.revoke_early_fire(&id, now) {
                     return; // fired already, or never seen
                 }
@@ -104,6 +117,14 @@ impl PartitionState {
                 );
                 self.outputs.push(Output::Cancelled { id });
             }
+            // Schedules and outcomes: see crate::schedule.
+            Ok(TimerCommand::Recurring(spec)) => {
+                let created = rec.timestamp_ms.filter(|&t| t <= now).unwrap_or(now);
+                self.apply_recurring(key_of(rec), spec, created, now);
+            }
+            Ok(TimerCommand::Pause { .. }) => self.pause_schedule(key_of(rec), now),
+            Ok(TimerCommand::Resume { .. }) => self.resume_schedule(key_of(rec), now),
+            Ok(TimerCommand::Outcome(outcome)) => self.apply_outcome(key_of(rec), outcome),
             Err(e) => {
                 tracing::warn!(partition = self.partition, offset = rec.offset, error = %e, "dead-lettering input record");
                 let letter = DeadLetter {
@@ -127,7 +148,7 @@ impl PartitionState {
 
     /// If `id`'s fire was emitted ahead and is not yet due, takes it back
     /// (a revoke record the dispatcher holding it obeys). True if it did.
-    fn revoke_early_fire(&mut self, id: &Bytes, now: u64) -> bool {
+    pub(crate) fn revoke_early_fire(&mut self, id: &Bytes, now: u64) -> bool {
         match self.finished.get(id) {
             Some(Finish::Fired { fire_at_ms, .. }) if fire_at_ms > now => {
                 self.outputs.push(Output::Revoke {
@@ -154,9 +175,15 @@ impl PartitionState {
         }
         scratch.clear();
         self.wheel.advance(now.saturating_add(lead), scratch);
-        let fired = scratch.len();
+        let mut fired = 0;
         let lateness = metrics::histogram!("chime_engine_fire_lateness_seconds");
         for fire in scratch.drain(..) {
+            if self.schedules.contains_key(fire.id.id()) {
+                let id = Bytes::copy_from_slice(fire.id.id());
+                fired += self.fire_schedule(id, now, lead);
+                continue;
+            }
+            fired += 1;
             lateness.record(now.saturating_sub(fire.deadline) as f64 / 1000.0);
             // A fire emitted ahead takes effect at its due time.
             let fired_at_ms = now.max(fire.deadline);
@@ -191,6 +218,11 @@ impl PartitionState {
     }
 }
 
+/// The key of a record that decoded (so it has one).
+fn key_of(rec: &InputRecord) -> Bytes {
+    rec.key.clone().unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +247,7 @@ mod tests {
             offset,
             key: Some(Bytes::copy_from_slice(id.as_bytes())),
             value: Some(Bytes::from(value)),
+            timestamp_ms: None,
         }
     }
 
@@ -224,6 +257,7 @@ mod tests {
             offset,
             key: Some(Bytes::copy_from_slice(id.as_bytes())),
             value: Some(Bytes::from(format!(r#"{{"op":"cancel","id":"{id}"}}"#))),
+            timestamp_ms: None,
         }
     }
 

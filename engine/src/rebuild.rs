@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -21,10 +22,12 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use chime_kafka::group::QuietEof;
 use chime_kafka::MessageHeaders;
-use chime_wire::{ChangelogRecord, Finished};
+use chime_wire::changelog::{tombstone_delivery, ScheduleRecord};
+use chime_wire::{ChangelogRecord, Finished, ScheduleState};
 
 use crate::partition::{PartitionState, TimerWheel};
 use crate::record::TimerRecord;
+use crate::schedule::{Schedule, Schedules};
 use crate::status::{Finish, FinishedTimers};
 use crate::EngineConfig;
 
@@ -41,11 +44,21 @@ pub struct Rebuilt {
 }
 
 /// Rebuilds `partitions` on a new thread; the result is sent on `done`.
-pub fn spawn(config: &EngineConfig, id: u64, partitions: Vec<i32>, done: mpsc::Sender<Rebuilt>) {
+/// Rebuilds `partitions` on a new thread, after `delay`; the result (or
+/// why there is none) is sent on `done`.
+pub fn spawn(
+    config: &EngineConfig,
+    id: u64,
+    partitions: Vec<i32>,
+    delay: Duration,
+    done: mpsc::Sender<Rebuilt>,
+) {
     let config = config.clone();
+    let (parts, report) = (partitions.clone(), done.clone());
     let spawned = std::thread::Builder::new()
         .name("chime-rebuild".into())
         .spawn(move || {
+            std::thread::sleep(delay);
             let started = Instant::now();
             let result = rebuild(&config, &partitions);
             release_freed_memory();
@@ -57,7 +70,13 @@ pub fn spawn(config: &EngineConfig, id: u64, partitions: Vec<i32>, done: mpsc::S
             });
         });
     if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start a rebuild thread");
+        // Reported as a failed rebuild, so it is tried again.
+        let _ = report.send(Rebuilt {
+            id,
+            partitions: parts,
+            result: Err(anyhow::anyhow!("cannot start a rebuild thread: {e}")),
+            took: Duration::ZERO,
+        });
     }
 }
 
@@ -112,15 +131,12 @@ fn rebuild(config: &EngineConfig, partitions: &[i32]) -> anyhow::Result<Vec<Part
     partitions
         .iter()
         .map(|&p| {
-            let (wheel, finished) = loaded
+            let (wheel, finished, schedules) = loaded
                 .remove(&p)
                 .ok_or_else(|| anyhow::anyhow!("changelog load lost partition {p}"))?;
-            Ok(PartitionState::new(
-                p,
-                wheel,
-                finished,
-                committed.get(&p).copied(),
-            ))
+            let mut state = PartitionState::new(p, wheel, finished, committed.get(&p).copied());
+            state.schedules = schedules;
+            Ok(state)
         })
         .collect()
 }
@@ -154,18 +170,31 @@ fn committed_offsets(
         .collect())
 }
 
+/// One partition's state as its changelog says.
+type Loaded = (TimerWheel, FinishedTimers, Schedules);
+
 /// Reads changelog `partitions` from the beginning to their end (the last
 /// stable offset: an earlier owner's unfinished transaction is not read) and
-/// returns each partition's pending timers as a wheel starting at `now`, and
-/// the timers that fired or were cancelled within the status retention.
+/// returns each partition's pending timers as a wheel starting at `now`, the
+/// timers that fired or were cancelled within the status retention, and its
+/// schedules (in the wheel too, at their next occurrence).
 fn load(
     config: &EngineConfig,
     partitions: &[i32],
     now: u64,
-) -> anyhow::Result<HashMap<i32, (TimerWheel, FinishedTimers)>> {
-    let mut wheels: HashMap<i32, (TimerWheel, FinishedTimers)> = partitions
+) -> anyhow::Result<HashMap<i32, Loaded>> {
+    let mut wheels: HashMap<i32, Loaded> = partitions
         .iter()
-        .map(|&p| (p, (TimerWheel::new(now), config.finished_timers())))
+        .map(|&p| {
+            (
+                p,
+                (
+                    TimerWheel::new(now),
+                    config.finished_timers(),
+                    Schedules::new(),
+                ),
+            )
+        })
         .collect();
     if partitions.is_empty() {
         return Ok(wheels);
@@ -206,18 +235,40 @@ fn load(
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(m)) => {
                 records += 1;
-                let Some((wheel, finished)) = wheels.get_mut(&m.partition()) else {
+                let Some((wheel, finished, schedules)) = wheels.get_mut(&m.partition()) else {
                     continue;
                 };
                 let Some(id) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
                     tracing::warn!(offset = m.offset(), "changelog record without a UTF-8 key");
                     continue;
                 };
+                // A later record for an id replaces an earlier one of either kind.
+                if let Some(record) = ScheduleRecord::decode(m.payload(), &MessageHeaders(&m)) {
+                    wheel.cancel(id.as_bytes());
+                    finished.forget(id.as_bytes());
+                    schedules.remove(id.as_bytes());
+                    if let ScheduleRecord::State { state, .. } = record {
+                        match ScheduleState::decode(state).and_then(Schedule::from_state) {
+                            Ok(schedule) => {
+                                schedules.insert(Bytes::copy_from_slice(id.as_bytes()), schedule);
+                            }
+                            Err(e) => tracing::warn!(offset = m.offset(), error = %e,
+                                "undecodable schedule state in the changelog"),
+                        }
+                    }
+                    continue;
+                }
+                if !schedules.is_empty() {
+                    schedules.remove(id.as_bytes());
+                }
                 match ChangelogRecord::decode(m.payload(), &MessageHeaders(&m)) {
                     Ok(ChangelogRecord::Finished(finished_as)) => {
                         wheel.cancel(id.as_bytes());
                         if let Some(finish) = finished_as.and_then(|f| finish_at(f, &m)) {
                             finished.record(id.as_bytes(), finish);
+                            if let (Some(delivery), _) = tombstone_delivery(&MessageHeaders(&m)) {
+                                finished.set_delivery(id.as_bytes(), &delivery);
+                            }
                         }
                     }
                     Ok(ChangelogRecord::Pending {
@@ -234,10 +285,16 @@ fn load(
             }
         }
     }
-    for (_, finished) in wheels.values_mut() {
+    for (wheel, finished, schedules) in wheels.values_mut() {
         finished.expire(now);
+        let retention = finished.retention_ms();
+        for (id, schedule) in schedules.iter() {
+            if let Some(at) = schedule.wheel_deadline(retention) {
+                wheel.schedule(TimerRecord::new(id, b""), at, ());
+            }
+        }
     }
-    let pending: usize = wheels.values().map(|(w, _)| w.len()).sum();
+    let pending: usize = wheels.values().map(|(w, _, _)| w.len()).sum();
     tracing::info!(
         ?partitions,
         records,
@@ -248,12 +305,17 @@ fn load(
     Ok(wheels)
 }
 
-/// A tombstone's finish, dated by the record's timestamp.
+/// A tombstone's finish, dated by the record's timestamp (or, for a fired
+/// tombstone written again with its delivery, the time it says it fired).
 fn finish_at<M: Message>(finished: Finished, m: &M) -> Option<Finish> {
-    let at = m
+    let stamped = m
         .timestamp()
         .to_millis()
-        .and_then(|t| u64::try_from(t).ok())?;
+        .and_then(|t| u64::try_from(t).ok());
+    let at = match tombstone_delivery(&MessageHeaders(m)) {
+        (_, Some(fired_at)) => fired_at,
+        _ => stamped?,
+    };
     Some(match finished {
         // A fire emitted ahead (the lead) takes effect at its due time.
         Finished::Fired { fire_at_ms } => Finish::Fired {

@@ -10,7 +10,10 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use chime_wire::{StatusSource, TimerStatus};
+use chime_wire::{
+    Delivery, DeliveryResult, ListAnswer, ListKind, ListQuery, ScheduleStatus, StatusSource,
+    TimerStatus,
+};
 
 use crate::partition::PartitionState;
 
@@ -36,8 +39,21 @@ impl Finish {
 pub struct FinishedTimers {
     by_id: HashMap<u64, Finish>,
     order: VecDeque<(u64, u64)>, // (finished at, id hash), oldest first
+    /// What came of fired timers' callbacks, once the dispatcher said:
+    /// compact, with the error text apart (failures only).
+    deliveries: HashMap<u64, DeliveryBrief>,
+    errors: HashMap<u64, Box<str>>,
     retention_ms: u64,
     max_entries: usize,
+}
+
+/// A [`Delivery`] without its error text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DeliveryBrief {
+    result: DeliveryResult,
+    attempts: u32,
+    status: Option<u16>,
+    at_ms: u64,
 }
 
 impl FinishedTimers {
@@ -45,13 +61,22 @@ impl FinishedTimers {
         FinishedTimers {
             by_id: HashMap::new(),
             order: VecDeque::new(),
+            deliveries: HashMap::new(),
+            errors: HashMap::new(),
             retention_ms,
             max_entries,
         }
     }
 
+    /// How long a finished timer is remembered.
+    pub fn retention_ms(&self) -> u64 {
+        self.retention_ms
+    }
+
     pub fn record(&mut self, id: &[u8], finish: Finish) {
         let key = id_hash(id);
+        self.deliveries.remove(&key);
+        self.errors.remove(&key);
         self.by_id.insert(key, finish);
         self.order.push_back((finish.at_ms(), key));
         while self.order.len() > self.max_entries {
@@ -68,6 +93,8 @@ impl FinishedTimers {
         if self.by_id.capacity() > 64 && self.by_id.len() < self.by_id.capacity() / 4 {
             self.by_id.shrink_to_fit();
             self.order.shrink_to_fit();
+            self.deliveries.shrink_to_fit();
+            self.errors.shrink_to_fit();
         }
     }
 
@@ -76,17 +103,56 @@ impl FinishedTimers {
             // A later finish of the same id (re-scheduled, fired again) stays.
             if self.by_id.get(&key).is_some_and(|f| f.at_ms() == at) {
                 self.by_id.remove(&key);
+                self.deliveries.remove(&key);
+                self.errors.remove(&key);
             }
         }
     }
 
     /// Forgets `id` (it was scheduled again).
     pub fn forget(&mut self, id: &[u8]) {
-        self.by_id.remove(&id_hash(id));
+        let key = id_hash(id);
+        self.by_id.remove(&key);
+        self.deliveries.remove(&key);
+        self.errors.remove(&key);
     }
 
     pub fn get(&self, id: &[u8]) -> Option<Finish> {
         self.by_id.get(&id_hash(id)).copied()
+    }
+
+    /// Records what came of fired timer `id`'s callback.
+    pub fn set_delivery(&mut self, id: &[u8], delivery: &Delivery) {
+        let key = id_hash(id);
+        if !self.by_id.contains_key(&key) {
+            return;
+        }
+        self.deliveries.insert(
+            key,
+            DeliveryBrief {
+                result: delivery.result,
+                attempts: delivery.attempts,
+                status: delivery.status,
+                at_ms: delivery.at_ms,
+            },
+        );
+        match &delivery.error {
+            Some(e) => self.errors.insert(key, e.as_str().into()),
+            None => self.errors.remove(&key),
+        };
+    }
+
+    /// What came of fired timer `id`'s callback, if the dispatcher said.
+    pub fn delivery(&self, id: &[u8]) -> Option<Delivery> {
+        let key = id_hash(id);
+        let brief = self.deliveries.get(&key)?;
+        Some(Delivery {
+            result: brief.result,
+            attempts: brief.attempts,
+            status: brief.status,
+            error: self.errors.get(&key).map(|e| e.to_string()),
+            at_ms: brief.at_ms,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -142,6 +208,12 @@ impl EngineStatus {
         if !state.caught_up {
             return TimerStatus::Loading;
         }
+        if state.schedules.contains_key(id.as_bytes()) {
+            // A schedule: see `schedule`.
+            return TimerStatus::Unknown {
+                applied_through: state.applied_through(),
+            };
+        }
         if let Some((timer, fire_at_ms, ())) = state.wheel.get_entry(id.as_bytes()) {
             return TimerStatus::Pending {
                 fire_at_ms,
@@ -155,6 +227,7 @@ impl EngineStatus {
             }) => TimerStatus::Fired {
                 fire_at_ms,
                 fired_at_ms,
+                delivery: state.finished.delivery(id.as_bytes()),
             },
             Some(Finish::Cancelled { cancelled_at_ms }) => {
                 TimerStatus::Cancelled { cancelled_at_ms }
@@ -163,6 +236,51 @@ impl EngineStatus {
                 applied_through: state.applied_through(),
             },
         }
+    }
+
+    /// The state of schedule `id`, whose partition is `partition`.
+    pub fn schedule(&self, partition: i32, id: &str) -> ScheduleStatus {
+        let owned = self.lock();
+        if owned.loading.contains(&partition) {
+            return ScheduleStatus::Loading;
+        }
+        let Some(state) = owned.live.get(&partition) else {
+            return ScheduleStatus::NotOwned;
+        };
+        if !state.caught_up {
+            return ScheduleStatus::Loading;
+        }
+        match state.schedules.get(id.as_bytes()) {
+            Some(schedule) => ScheduleStatus::Known {
+                schedule: String::from_utf8_lossy(&schedule.state.encode()).into_owned(),
+            },
+            None => ScheduleStatus::Unknown {
+                applied_through: state.applied_through(),
+            },
+        }
+    }
+
+    /// A page of `partition`'s pending timers or schedules.
+    pub fn list(&self, partition: i32, kind: ListKind, query: &ListQuery) -> ListAnswer {
+        let owned = self.lock();
+        if owned.loading.contains(&partition) {
+            return ListAnswer::Loading;
+        }
+        let Some(state) = owned.live.get(&partition) else {
+            return ListAnswer::NotOwned;
+        };
+        if !state.caught_up {
+            return ListAnswer::Loading;
+        }
+        let query = ListQuery {
+            limit: query.limit.min(chime_wire::status::MAX_LIST_LIMIT),
+            ..query.clone()
+        };
+        let (items, more) = match kind {
+            ListKind::PendingTimers => state.list_pending(&query),
+            ListKind::Schedules => state.list_schedules(&query),
+        };
+        ListAnswer::Listed { items, more }
     }
 
     /// Joined the group and every owned partition is Live.
@@ -177,7 +295,15 @@ impl EngineStatus {
         let mut v: Vec<(i32, usize)> = owned
             .live
             .iter()
-            .map(|(p, s)| (*p, s.wheel.len()))
+            .map(|(p, s)| {
+                // Schedules are in the wheel too, but for paused ones.
+                let schedules = s
+                    .schedules
+                    .values()
+                    .filter(|sc| !sc.state.is_paused())
+                    .count();
+                (*p, s.wheel.len().saturating_sub(schedules))
+            })
             .collect();
         v.sort_unstable();
         v
@@ -187,6 +313,14 @@ impl EngineStatus {
 impl StatusSource for EngineStatus {
     fn timer(&self, partition: i32, id: &str) -> TimerStatus {
         EngineStatus::timer(self, partition, id)
+    }
+
+    fn schedule(&self, partition: i32, id: &str) -> ScheduleStatus {
+        EngineStatus::schedule(self, partition, id)
+    }
+
+    fn list(&self, partition: i32, kind: ListKind, query: &ListQuery) -> ListAnswer {
+        EngineStatus::list(self, partition, kind, query)
     }
 
     fn is_ready(&self) -> bool {

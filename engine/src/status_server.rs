@@ -3,6 +3,10 @@
 //!
 //! * `GET /internal/v1/partitions/{partition}/timers/{id}` → [`TimerStatus`] as JSON
 //!   (always 200; the `state` says whether this engine owns the partition).
+//! * `GET /internal/v1/partitions/{partition}/schedules/{id}` → [`ScheduleStatus`].
+//! * `GET /internal/v1/partitions/{partition}/timers?after_due_ms=&after_id=&limit=`
+//!   and `…/schedules?after_id=&limit=` → a [`ListAnswer`]: a page of the
+//!   partition's pending timers or schedules.
 //! * `GET /readyz` — Kafka reachable, joined the group, every owned partition Live.
 //! * `GET /metrics` — Prometheus text, when the process installed a recorder.
 //!
@@ -12,14 +16,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chime_kafka::KafkaProbe;
-use chime_wire::status::TIMER_ROUTE;
-use chime_wire::{StatusSource, TimerStatus};
+use chime_wire::status::{LIST_SCHEDULES_ROUTE, LIST_TIMERS_ROUTE, SCHEDULE_ROUTE, TIMER_ROUTE};
+use chime_wire::{ListAnswer, ListKind, ListQuery, ScheduleStatus, StatusSource, TimerStatus};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +49,9 @@ pub fn router(
     });
     Router::new()
         .route(TIMER_ROUTE, get(timer_status))
+        .route(SCHEDULE_ROUTE, get(schedule_status))
+        .route(LIST_TIMERS_ROUTE, get(list_timers))
+        .route(LIST_SCHEDULES_ROUTE, get(list_schedules))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(state)
@@ -70,6 +77,33 @@ async fn timer_status(
     Path((partition, id)): Path<(i32, String)>,
 ) -> Json<TimerStatus> {
     Json(state.status.timer(partition, &id))
+}
+
+async fn schedule_status(
+    State(state): State<Arc<ServerState>>,
+    Path((partition, id)): Path<(i32, String)>,
+) -> Json<ScheduleStatus> {
+    Json(state.status.schedule(partition, &id))
+}
+
+async fn list_timers(
+    State(state): State<Arc<ServerState>>,
+    Path(partition): Path<i32>,
+    Query(query): Query<ListQuery>,
+) -> Json<ListAnswer> {
+    Json(
+        state
+            .status
+            .list(partition, ListKind::PendingTimers, &query),
+    )
+}
+
+async fn list_schedules(
+    State(state): State<Arc<ServerState>>,
+    Path(partition): Path<i32>,
+    Query(query): Query<ListQuery>,
+) -> Json<ListAnswer> {
+    Json(state.status.list(partition, ListKind::Schedules, &query))
 }
 
 async fn readyz(State(state): State<Arc<ServerState>>) -> Response {

@@ -149,6 +149,16 @@ pub fn routes() -> RouteTable {
         // The static batch path would shadow the timer whose id is `batch`.
         .get("/v1/timers/batch", batch_timer_status)
         .delete("/v1/timers/batch", cancel_batch_timer)
+        .get("/v1/timers", crate::listing::list_timers)
+        .post("/v1/schedules", crate::schedules::create_schedule)
+        .get("/v1/schedules", crate::listing::list_schedules)
+        .get("/v1/schedules/{id}", crate::schedules::schedule_status)
+        .delete("/v1/schedules/{id}", crate::schedules::cancel_schedule)
+        .post("/v1/schedules/{id}/pause", crate::schedules::pause_schedule)
+        .post(
+            "/v1/schedules/{id}/resume",
+            crate::schedules::resume_schedule,
+        )
         .post("/timers", create_legacy_timer)
         .get("/timers/{id}", legacy_timer_status)
         .get("/healthz", crate::ops::healthz)
@@ -271,6 +281,10 @@ pub struct TimerState {
     /// When it was cancelled (cancelled timers).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancelled_at: Option<String>,
+    /// What came of the callback: a fired timer's once the dispatcher
+    /// finished it; a pending retry's attempts so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<crate::delivery::DeliveryView>,
 }
 
 /// Answer of the original `GET /timers/{id}`.
@@ -382,6 +396,8 @@ pub fn new_timer(req: CreateTimer, config: &IngestConfig, now: u64) -> Result<Ne
         attempt: 1,
         retry: req.retry,
         first_fire_at_ms: None,
+        schedule_id: None,
+        delivery: None,
     };
     check_spec(&spec, config)?;
     Ok(NewTimer {
@@ -515,6 +531,7 @@ async fn status_of(state: &AppState, id: String) -> Result<Json<TimerState>, Api
         fired_at: None,
         lateness_ms: None,
         cancelled_at: None,
+        delivery: None,
     };
     match status {
         TimerStatus::Pending { fire_at_ms, spec } => {
@@ -523,12 +540,15 @@ async fn status_of(state: &AppState, id: String) -> Result<Json<TimerState>, Api
             if let Ok(TimerCommand::Schedule(spec)) = serde_json::from_str(&spec) {
                 answer.callback = Some(spec.callback);
                 answer.retry = (!spec.retry.is_default()).then_some(spec.retry);
+                answer.delivery = spec.delivery.as_ref().map(Into::into);
             }
         }
         TimerStatus::Fired {
             fire_at_ms,
             fired_at_ms,
+            delivery,
         } => {
+            answer.delivery = delivery.as_ref().map(Into::into);
             answer.state = TimerStateName::Fired;
             answer.fire_at = Some(format_ms(fire_at_ms));
             answer.time_left_ms = Some(0);
@@ -718,6 +738,8 @@ pub fn legacy_timer(
         attempt: 1,
         retry: RetryPolicy::default(),
         first_fire_at_ms: None,
+        schedule_id: None,
+        delivery: None,
     };
     check_spec(&spec, config).map_err(as_url_error)?;
     Ok((spec, seconds))

@@ -5,7 +5,10 @@
 //!
 //! * [`api`] — the native `/v1` API and the original service's `/timers` API.
 //! * [`batch`] — `POST /v1/timers/batch`.
+//! * [`delivery`] — what came of a callback, as status answers show it.
 //! * [`lookup`] — finding a timer's owning engine and asking it.
+//! * [`schedules`] — `/v1/schedules`: recurring timers.
+//! * [`listing`] — `GET /v1/timers` and `GET /v1/schedules`: what is pending, by page.
 //! * [`guard`] — API keys, the header-count limit, request metrics.
 //! * [`browser`] — CORS and the DNS-rebinding guard: which web pages may call.
 //! * [`http_errors`] — JSON bodies for the router's and the server's own errors.
@@ -19,14 +22,17 @@
 pub mod api;
 pub mod batch;
 pub mod browser;
+pub mod delivery;
 pub mod docs;
 pub mod error;
 pub mod fuzzing;
 pub mod guard;
 pub mod http_errors;
+pub mod listing;
 pub mod lookup;
 pub mod ops;
 pub mod recent;
+pub mod schedules;
 pub mod timer_log;
 
 use std::sync::Arc;

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+use serde::de::DeserializeOwned;
+
 use chime_wire::partition::partition_for_key;
-use chime_wire::status::{advertised_address, timer_path};
-use chime_wire::{StatusSource, TimerStatus};
+use chime_wire::status::{advertised_address, list_path, schedule_path, timer_path};
+use chime_wire::{ListAnswer, ListKind, ListQuery, ScheduleStatus, StatusSource, TimerStatus};
 
 use crate::error::ApiError;
 use crate::IngestConfig;
@@ -69,24 +71,12 @@ impl TimerLookup {
     /// [`SETTLE_TIMEOUT`] for it.
     pub async fn status(&self, id: &str) -> Result<TimerStatus, ApiError> {
         let partition = self.partition_of(id).await?;
-        let mut answer = self.status_in(partition, id).await?;
-        let TimerStatus::Unknown { applied_through } = answer else {
-            return Ok(answer);
-        };
-        let Some(end) = self.input_end(partition).await else {
-            return Ok(answer); // cannot tell: the engine's answer stands
-        };
-        let started = Instant::now();
-        let mut applied = applied_through.unwrap_or(0);
-        while applied < end && started.elapsed() < SETTLE_TIMEOUT {
-            tokio::time::sleep(SETTLE_POLL).await;
-            answer = self.status_in(partition, id).await?;
-            match answer {
-                TimerStatus::Unknown { applied_through } => applied = applied_through.unwrap_or(0),
-                _ => return Ok(answer),
-            }
-        }
-        Ok(answer)
+        let ask = || self.status_in(partition, id);
+        self.settled(partition, ask, |a| match a {
+            TimerStatus::Unknown { applied_through } => Some(*applied_through),
+            _ => None,
+        })
+        .await
     }
 
     /// The engine-side state of `id` as its owner knows it right now, even
@@ -94,6 +84,58 @@ impl TimerLookup {
     pub async fn status_now(&self, id: &str) -> Result<TimerStatus, ApiError> {
         let partition = self.partition_of(id).await?;
         self.status_in(partition, id).await
+    }
+
+    async fn status_in(&self, partition: i32, id: &str) -> Result<TimerStatus, ApiError> {
+        self.ask_owner(partition, &timer_path(partition, id), |local| {
+            local.timer(partition, id)
+        })
+        .await
+    }
+
+    /// The engine-side state of schedule `id` (503 as for [`Self::status`];
+    /// `Unknown` only once the owner has caught up, as there).
+    pub async fn schedule(&self, id: &str) -> Result<ScheduleStatus, ApiError> {
+        let partition = self.partition_of(id).await?;
+        let path = schedule_path(partition, id);
+        let ask = || self.ask_owner(partition, &path, |local| local.schedule(partition, id));
+        self.settled(partition, ask, |a| match a {
+            ScheduleStatus::Unknown { applied_through } => Some(*applied_through),
+            _ => None,
+        })
+        .await
+    }
+
+    /// `ask`'s answer, asked again while it is "unknown" as of an input
+    /// offset (`unknown_as_of`) below the partition's end as of now, for up
+    /// to [`SETTLE_TIMEOUT`]: read-your-writes.
+    async fn settled<T, F>(
+        &self,
+        partition: i32,
+        ask: impl Fn() -> F,
+        unknown_as_of: impl Fn(&T) -> Option<Option<i64>>,
+    ) -> Result<T, ApiError>
+    where
+        F: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let mut answer = ask().await?;
+        let Some(applied) = unknown_as_of(&answer) else {
+            return Ok(answer);
+        };
+        let Some(end) = self.input_end(partition).await else {
+            return Ok(answer); // cannot tell: the engine's answer stands
+        };
+        let started = Instant::now();
+        let mut applied = applied.unwrap_or(0);
+        while applied < end && started.elapsed() < SETTLE_TIMEOUT {
+            tokio::time::sleep(SETTLE_POLL).await;
+            answer = ask().await?;
+            match unknown_as_of(&answer) {
+                Some(a) => applied = a.unwrap_or(0),
+                None => return Ok(answer),
+            }
+        }
+        Ok(answer)
     }
 
     /// The end of partition `partition` of the input (its last stable offset).
@@ -109,12 +151,46 @@ impl TimerLookup {
         .map(|(_, high)| high)
     }
 
-    async fn status_in(&self, partition: i32, id: &str) -> Result<TimerStatus, ApiError> {
+    /// A page of `partition`'s pending timers or schedules, from its owner.
+    pub async fn list(
+        &self,
+        partition: i32,
+        kind: ListKind,
+        query: &ListQuery,
+    ) -> Result<ListAnswer, ApiError> {
+        self.ask_owner(partition, &list_path(partition, kind, query), |local| {
+            local.list(partition, kind, query)
+        })
+        .await
+    }
+
+    /// How many partitions the timers topic has.
+    pub async fn partition_count(&self) -> Result<i32, ApiError> {
+        let known = *self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        match known {
+            Some(n) => Ok(n),
+            None => {
+                let n = self.fetch_partition_count().await?;
+                *self.partitions.lock().unwrap_or_else(|e| e.into_inner()) = Some(n);
+                Ok(n)
+            }
+        }
+    }
+
+    /// Asks the owner of `partition`: the engine in this process if it owns
+    /// it, else the owner the group names, over HTTP at `path`.
+    async fn ask_owner<T: OwnerAnswer + DeserializeOwned>(
+        &self,
+        partition: i32,
+        path: &str,
+        local_answer: impl Fn(&dyn StatusSource) -> T,
+    ) -> Result<T, ApiError> {
         if let Some(local) = &self.local {
-            match local.timer(partition, id) {
-                TimerStatus::NotOwned => {}
-                TimerStatus::Loading => return Err(loading(partition)),
-                known => return Ok(known),
+            let answer = local_answer(local.as_ref());
+            match answer.ownership() {
+                Ownership::NotOwned => {}
+                Ownership::Loading => return Err(loading(partition)),
+                Ownership::Owned => return Ok(answer),
             }
         }
         let mut why = String::from("no engine owns it right now (the group may be rebalancing)");
@@ -122,25 +198,25 @@ impl TimerLookup {
             let Some(owner) = self.owner_of(partition, refresh).await? else {
                 continue;
             };
-            match self.ask(&owner, partition, id).await {
-                Ok(TimerStatus::Loading) => return Err(loading(partition)),
-                Ok(TimerStatus::NotOwned) => {
-                    why = format!("engine {owner} no longer owns it");
-                }
-                Ok(known) => return Ok(known),
+            match self.ask::<T>(&owner, path).await {
+                Ok(answer) => match answer.ownership() {
+                    Ownership::Loading => return Err(loading(partition)),
+                    Ownership::NotOwned => why = format!("engine {owner} no longer owns it"),
+                    Ownership::Owned => return Ok(answer),
+                },
                 Err(e) => why = format!("its owner {owner} did not answer: {e}"),
             }
         }
         // Whatever was cached is wrong; the next question reads the group again.
         *self.owners.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Err(ApiError::unavailable(
-            format!("cannot ask about partition {partition} of the timer: {why}"),
+            format!("cannot ask about partition {partition}: {why}"),
             1,
         ))
     }
 
-    async fn ask(&self, owner: &str, partition: i32, id: &str) -> Result<TimerStatus, String> {
-        let url = format!("http://{owner}{}", timer_path(partition, id));
+    async fn ask<T: DeserializeOwned>(&self, owner: &str, path: &str) -> Result<T, String> {
+        let url = format!("http://{owner}{path}");
         let response = self.http.get(url).send().await.map_err(|e| e.to_string())?;
         if !response.status().is_success() {
             return Err(format!("status {}", response.status()));
@@ -149,15 +225,7 @@ impl TimerLookup {
     }
 
     async fn partition_of(&self, id: &str) -> Result<i32, ApiError> {
-        let known = *self.partitions.lock().unwrap_or_else(|e| e.into_inner());
-        let count = match known {
-            Some(n) => n,
-            None => {
-                let n = self.fetch_partition_count().await?;
-                *self.partitions.lock().unwrap_or_else(|e| e.into_inner()) = Some(n);
-                n
-            }
-        };
+        let count = self.partition_count().await?;
         Ok(partition_for_key(id.as_bytes(), count))
     }
 
@@ -239,9 +307,52 @@ impl TimerLookup {
 
 fn loading(partition: i32) -> ApiError {
     ApiError::unavailable(
-        format!("partition {partition} of the timer is being loaded by its engine; retry shortly"),
+        format!("partition {partition} is being loaded by its engine; retry shortly"),
         1,
     )
+}
+
+/// Whether an engine's answer comes from the partition's owner.
+enum Ownership {
+    NotOwned,
+    Loading,
+    Owned,
+}
+
+/// The answers of the status protocol, which all say whether the engine
+/// owns the partition.
+trait OwnerAnswer {
+    fn ownership(&self) -> Ownership;
+}
+
+impl OwnerAnswer for TimerStatus {
+    fn ownership(&self) -> Ownership {
+        match self {
+            TimerStatus::NotOwned => Ownership::NotOwned,
+            TimerStatus::Loading => Ownership::Loading,
+            _ => Ownership::Owned,
+        }
+    }
+}
+
+impl OwnerAnswer for ScheduleStatus {
+    fn ownership(&self) -> Ownership {
+        match self {
+            ScheduleStatus::NotOwned => Ownership::NotOwned,
+            ScheduleStatus::Loading => Ownership::Loading,
+            _ => Ownership::Owned,
+        }
+    }
+}
+
+impl OwnerAnswer for ListAnswer {
+    fn ownership(&self) -> Ownership {
+        match self {
+            ListAnswer::NotOwned => Ownership::NotOwned,
+            ListAnswer::Loading => Ownership::Loading,
+            ListAnswer::Listed { .. } => Ownership::Owned,
+        }
+    }
 }
 
 /// The partitions of `topic` in a classic consumer-protocol assignment:

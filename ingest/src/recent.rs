@@ -119,6 +119,8 @@ mod tests {
             attempt: 1,
             retry: RetryPolicy::default(),
             first_fire_at_ms: None,
+            schedule_id: None,
+            delivery: None,
         }
     }
 

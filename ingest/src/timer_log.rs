@@ -35,10 +35,23 @@ impl TimerLog {
 
     /// Appends `command` keyed by its timer id; Ok once Kafka acknowledged it.
     pub async fn append(&self, command: &TimerCommand) -> Result<(), ApiError> {
+        self.append_at(command, None).await
+    }
+
+    /// [`Self::append`], with the record's timestamp set to `at_ms` (when a
+    /// schedule was asked for: its first occurrence is counted from it).
+    pub async fn append_at(
+        &self,
+        command: &TimerCommand,
+        at_ms: Option<u64>,
+    ) -> Result<(), ApiError> {
         let value = command.encode();
-        let record = FutureRecord::to(&self.topic)
+        let mut record = FutureRecord::to(&self.topic)
             .key(command.id())
             .payload(&value);
+        if let Some(at) = at_ms.and_then(|t| i64::try_from(t).ok()) {
+            record = record.timestamp(at);
+        }
         // A full local queue fails at once (back-pressure) rather than waiting.
         let send = self.producer.send(record, Timeout::After(Duration::ZERO));
         let started = std::time::Instant::now();

@@ -120,6 +120,8 @@ pub fn schedule_to(id: &str, fire_at_ms: u64, url: &str) -> TimerCommand {
         attempt: 1,
         retry: Default::default(),
         first_fire_at_ms: None,
+        schedule_id: None,
+        delivery: None,
     })
 }
 

@@ -411,5 +411,7 @@ pub fn schedule(id: &str, fire_at_ms: u64) -> TimerCommand {
         attempt: 1,
         retry: Default::default(),
         first_fire_at_ms: None,
+        schedule_id: None,
+        delivery: None,
     })
 }

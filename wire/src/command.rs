@@ -211,6 +211,12 @@ pub struct TimerSpec {
     /// idempotency key and the retry deadline are derived from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_fire_at_ms: Option<u64>,
+    /// For an occurrence of a schedule: the schedule's id (see [`crate::schedule`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<String>,
+    /// On a retry: how the firing's delivery has gone so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<crate::outcome::Delivery>,
 }
 
 /// A timer's retry policy. Every field is optional so the dispatcher's
@@ -279,7 +285,16 @@ pub enum TimerCommand {
     /// Create the timer, or re-schedule it if the id is pending.
     Schedule(TimerSpec),
     /// Forget a pending timer; a no-op if it already fired or never existed.
+    /// Ends a schedule.
     Cancel { id: String },
+    /// Create a schedule (a recurring timer), or replace what has its id.
+    Recurring(crate::schedule::ScheduleSpec),
+    /// Stop firing a schedule until it is resumed.
+    Pause { id: String },
+    /// Fire a paused schedule again, from its next occurrence after now.
+    Resume { id: String },
+    /// What came of a firing's callback (written by the dispatcher).
+    Outcome(crate::outcome::Outcome),
 }
 
 /// Input that breaks the contract, with the field at fault (dotted path, e.g.
@@ -428,16 +443,26 @@ impl TimerSpec {
             return Err(FieldError::new("attempt", "counts from 1"));
         }
         self.retry.validate()?;
+        if let Some(schedule_id) = &self.schedule_id {
+            validate_id(schedule_id).map_err(|e| FieldError::new("schedule_id", e.message))?;
+        }
+        if let Some(delivery) = &self.delivery {
+            delivery.validate("delivery")?;
+        }
         self.callback.validate()
     }
 }
 
 impl TimerCommand {
-    /// The timer id the command is about.
+    /// The timer (or schedule) id the command is about.
     pub fn id(&self) -> &str {
         match self {
             TimerCommand::Schedule(spec) => &spec.id,
-            TimerCommand::Cancel { id } => id,
+            TimerCommand::Recurring(spec) => &spec.id,
+            TimerCommand::Outcome(outcome) => &outcome.id,
+            TimerCommand::Cancel { id }
+            | TimerCommand::Pause { id }
+            | TimerCommand::Resume { id } => id,
         }
     }
 
@@ -455,7 +480,11 @@ impl TimerCommand {
             .map_err(|e| FieldError::new("value", format!("not a timer command: {e}")))?;
         match &command {
             TimerCommand::Schedule(spec) => spec.validate()?,
-            TimerCommand::Cancel { id } => validate_id(id)?,
+            TimerCommand::Recurring(spec) => spec.validate()?,
+            TimerCommand::Outcome(outcome) => outcome.validate()?,
+            TimerCommand::Cancel { id }
+            | TimerCommand::Pause { id }
+            | TimerCommand::Resume { id } => validate_id(id)?,
         }
         let key = key.ok_or_else(|| {
             FieldError::new("key", "record has no key; the key must be the timer id")
@@ -496,6 +525,8 @@ mod tests {
             attempt: 1,
             retry: RetryPolicy::default(),
             first_fire_at_ms: None,
+            schedule_id: None,
+            delivery: None,
         }
     }
 

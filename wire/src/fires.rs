@@ -15,6 +15,7 @@ use crate::headers::{HeaderList, RecordHeaders, FIRED_AT_MS, LATENESS_MS, REVOKE
 
 /// One record of the fires topic, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // short-lived; fires outnumber revokes
 pub enum FiresRecord {
     Fire(Fire),
     Revoke(Revoke),
@@ -58,6 +59,18 @@ impl Revoke {
     }
 }
 
+/// The `op` of a command, for messages.
+fn op_name(command: &TimerCommand) -> &'static str {
+    match command {
+        TimerCommand::Schedule(_) => "schedule",
+        TimerCommand::Cancel { .. } => "cancel",
+        TimerCommand::Recurring(_) => "recurring",
+        TimerCommand::Pause { .. } => "pause",
+        TimerCommand::Resume { .. } => "resume",
+        TimerCommand::Outcome(_) => "outcome",
+    }
+}
+
 impl FiresRecord {
     /// Reads one fires record. The key must be the timer id, as on `chime.timers`.
     pub fn decode(
@@ -79,6 +92,10 @@ impl FiresRecord {
                 })?;
                 Ok(FiresRecord::Revoke(Revoke { id, fire_at_ms }))
             }
+            other => Err(FieldError::new(
+                "value",
+                format!("a {:?} command is not a fire record", op_name(&other)),
+            )),
         }
     }
 

@@ -17,6 +17,17 @@ pub const FIRE_AT_MS: &str = "chime-fire-at-ms";
 pub const OUTCOME: &str = "chime-outcome";
 pub const OUTCOME_FIRED: &str = "fired";
 pub const OUTCOME_CANCELLED: &str = "cancelled";
+/// Changelog tombstone of a schedule whose occurrences ran out (end time or
+/// count reached).
+pub const OUTCOME_COMPLETED: &str = "completed";
+/// Changelog record: what it is about when not a one-shot timer (`schedule`).
+pub const KIND: &str = "chime-kind";
+pub const KIND_SCHEDULE: &str = "schedule";
+/// Changelog `fired` tombstone: what came of the callback, as the JSON of a
+/// [`crate::Delivery`] (written again once the dispatcher finished).
+pub const DELIVERY: &str = "chime-delivery";
+/// Changelog tombstone of a schedule: occurrences it fired.
+pub const OCCURRENCES: &str = "chime-occurrences";
 
 /// Read access to a record's headers, whatever Kafka client carries them.
 pub trait RecordHeaders {

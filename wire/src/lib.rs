@@ -5,7 +5,7 @@
 //! One module per topic's record, plus what they share:
 //!
 //! ```text
-//! chime.timers       key = id   value = TimerCommand          command.rs
+//! chime.timers       key = id   value = TimerCommand          command.rs (+ schedule.rs, outcome.rs)
 //! chime.changelog    key = id   value = command | tombstone   changelog.rs
 //! chime.fires        key = id   value = fire | revoke         fires.rs
 //! chime.dead-letters key = key  value = DeadLetter            dead_letter.rs
@@ -23,7 +23,10 @@ pub mod command;
 pub mod dead_letter;
 pub mod fires;
 pub mod headers;
+pub mod outcome;
 pub mod partition;
+pub mod recurrence;
+pub mod schedule;
 pub mod status;
 pub mod time;
 pub mod topics;
@@ -36,5 +39,9 @@ pub use command::{
 pub use dead_letter::{lossy, DeadLetter};
 pub use fires::{Fire, FiresRecord, Revoke};
 pub use headers::{HeaderList, RecordHeaders};
-pub use status::{StatusSource, TimerStatus};
+pub use outcome::{Delivery, DeliveryResult, Outcome};
+pub use schedule::{ScheduleSpec, ScheduleState};
+pub use status::{
+    ListAnswer, ListKind, ListQuery, ListedItem, ScheduleStatus, StatusSource, TimerStatus,
+};
 pub use topics::Topics;

@@ -49,6 +49,8 @@ use crate::EngineConfig;
 const MAX_INBOX: usize = 50_000;
 /// Longest a collect phase sleeps when nothing happens (so shutdown is noticed).
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Wait before a failed rebuild is tried again.
+const REBUILD_RETRY: Duration = Duration::from_millis(500);
 /// How often a running rebuild is looked for while one runs.
 const REBUILD_POLL: Duration = Duration::from_millis(5);
 /// Deadline for offset look-ups.
@@ -222,6 +224,10 @@ impl Owner {
                         offset: m.offset(),
                         key: m.key().map(Bytes::copy_from_slice),
                         value: m.payload().map(Bytes::copy_from_slice),
+                        timestamp_ms: m
+                            .timestamp()
+                            .to_millis()
+                            .and_then(|t| u64::try_from(t).ok()),
                     });
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => self.mark_caught_up(p),

@@ -3,7 +3,7 @@
 //! when a partition's input is read to its end (before which it fires
 //! nothing: a cancel of a due timer may still be unread).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -11,7 +11,7 @@ use rdkafka::Offset;
 
 use chime_kafka::GroupEvent;
 
-use super::{Owner, KAFKA_TIMEOUT};
+use super::{Owner, KAFKA_TIMEOUT, REBUILD_RETRY};
 use crate::rebuild;
 
 impl Owner {
@@ -121,7 +121,7 @@ impl Owner {
                 }
                 GroupEvent::Assigned(parts) => {
                     self.status.lock().joined = true;
-                    self.start_rebuild(parts)?;
+                    self.start_rebuild(parts, Duration::ZERO);
                 }
             }
         }
@@ -130,11 +130,15 @@ impl Owner {
 
     /// Pauses `parts` (their input waits for their state) and rebuilds them
     /// on a thread of their own.
-    pub(super) fn start_rebuild(&mut self, parts: Vec<i32>) -> anyhow::Result<()> {
+    pub(super) fn start_rebuild(&mut self, parts: Vec<i32>, delay: Duration) {
         if parts.is_empty() {
-            return Ok(());
+            return;
         }
-        self.consumer.pause(&self.partition_list(&parts))?;
+        if let Err(e) = self.consumer.pause(&self.partition_list(&parts)) {
+            // Their input then reaches the inbox early and waits there
+            // (held) until they are live: slower, not wrong.
+            tracing::warn!(partitions = ?parts, error = %e, "pause failed");
+        }
         self.next_rebuild += 1;
         let id = self.next_rebuild;
         let mut owned = self.status.lock();
@@ -144,8 +148,7 @@ impl Owner {
         }
         drop(owned);
         tracing::info!(partitions = ?parts, "rebuilding partitions");
-        rebuild::spawn(&self.config, id, parts, self.rebuilt_tx.clone());
-        Ok(())
+        rebuild::spawn(&self.config, id, parts, delay, self.rebuilt_tx.clone());
     }
 
     /// Makes the partitions of every finished rebuild Live (those still ours
@@ -164,15 +167,9 @@ impl Owner {
             let states = match done.result {
                 Ok(states) => states,
                 Err(e) => {
-                    // Try again: the partitions stay paused and loading.
+                    // Try again shortly: the partitions stay paused and loading.
                     tracing::warn!(partitions = ?ours, error = %e, "rebuild failed; retrying");
-                    for p in &ours {
-                        self.rebuilding.remove(p);
-                    }
-                    let parts = ours.clone();
-                    if let Err(e) = self.start_rebuild(parts) {
-                        tracing::error!(error = %e, "cannot restart the rebuild");
-                    }
+                    self.start_rebuild(ours, REBUILD_RETRY);
                     continue;
                 }
             };
