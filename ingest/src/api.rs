@@ -21,11 +21,10 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::handler::Handler;
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::routing::{delete, get, post};
 use axum::{middleware, Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -34,6 +33,7 @@ use chime_wire::time::now_ms;
 use chime_wire::validate_id;
 use chime_wire::{Callback, RetryPolicy, StatusSource, TimerCommand, TimerSpec, TimerStatus};
 
+use crate::body::parse_json;
 use crate::error::{ApiError, ErrorBody};
 use crate::lookup::TimerLookup;
 use crate::recent::RecentCreates;
@@ -159,8 +159,8 @@ pub fn routes() -> RouteTable {
             "/v1/schedules/{id}/resume",
             crate::schedules::resume_schedule,
         )
-        .post("/timers", create_legacy_timer)
-        .get("/timers/{id}", legacy_timer_status)
+        .post("/timers", crate::legacy::create_legacy_timer)
+        .get("/timers/{id}", crate::legacy::legacy_timer_status)
         .get("/healthz", crate::ops::healthz)
         .get("/readyz", crate::ops::readyz)
         .get("/metrics", crate::ops::metrics)
@@ -218,32 +218,6 @@ pub struct TimerCreated {
     pub fire_at: String,
 }
 
-/// A whole number, `null` or absent meaning 0.
-fn legacy_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    chime_wire::command::opt_whole(d).map(Option::unwrap_or_default)
-}
-
-/// Body of the original `POST /timers`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateLegacyTimer {
-    #[serde(default, deserialize_with = "legacy_number")]
-    pub hours: i64,
-    #[serde(default, deserialize_with = "legacy_number")]
-    pub minutes: i64,
-    #[serde(default, deserialize_with = "legacy_number")]
-    pub seconds: i64,
-    /// The fire is a `POST {url}/{id}` with an empty body.
-    pub url: String,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct LegacyTimerCreated {
-    pub id: String,
-    /// Seconds until the timer fires.
-    pub time_left: u64,
-}
-
 /// Where a timer is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -285,14 +259,6 @@ pub struct TimerState {
     /// finished it; a pending retry's attempts so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery: Option<crate::delivery::DeliveryView>,
-}
-
-/// Answer of the original `GET /timers/{id}`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct LegacyTimerState {
-    pub id: String,
-    /// Whole seconds until the timer fires, rounded up; 0 once fired.
-    pub time_left: u64,
 }
 
 /// Answer of `DELETE /v1/timers/{id}`.
@@ -627,154 +593,7 @@ async fn cancel(
     ))
 }
 
-/// The original service's create: `{hours, minutes, seconds, url}`; the fire
-/// is a `POST {url}/{id}` with an empty body.
-#[utoipa::path(
-    post, path = "/timers", tag = "original API",
-    request_body = CreateLegacyTimer,
-    security((), ("api_key" = [])),
-    responses(
-        (status = 200, description = "Kafka acknowledged the timer", body = LegacyTimerCreated),
-        (status = 400, description = "A field is wrong; `field` names it", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 413, description = "Body or header count above its limit", body = ErrorBody),
-        (status = 503, description = "Kafka did not acknowledge in time", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "seconds"))),
-    )
-)]
-pub async fn create_legacy_timer(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<LegacyTimerCreated>, ApiError> {
-    let req: CreateLegacyTimer = parse_json(&headers, body, &state.config)?;
-    let (spec, time_left) = legacy_timer(req, &state.config, now_ms(), new_id())?;
-    state
-        .log
-        .append(&TimerCommand::Schedule(spec.clone()))
-        .await?;
-    Ok(Json(LegacyTimerCreated {
-        id: spec.id,
-        time_left,
-    }))
-}
-
-/// Checks an original-API create and makes its timer `id`: fires in
-/// `hours:minutes:seconds` with a `POST` of an empty body to the URL with
-/// `/<id>` appended to its path (its query, if any, kept after that).
-/// Returns the timer and its seconds left.
-pub fn legacy_timer(
-    req: CreateLegacyTimer,
-    config: &IngestConfig,
-    now: u64,
-    id: String,
-) -> Result<(TimerSpec, u64), ApiError> {
-    let parts = [
-        ("hours", req.hours, 3600u64),
-        ("minutes", req.minutes, 60),
-        ("seconds", req.seconds, 1),
-    ];
-    for (field, value, _) in parts {
-        if value < 0 {
-            return Err(ApiError::bad_field(field, "must not be negative"));
-        }
-    }
-    let seconds_of = |value: i64, unit: u64| (value as u64).saturating_mul(unit);
-    let seconds = parts.iter().fold(0u64, |sum, (_, v, unit)| {
-        sum.saturating_add(seconds_of(*v, *unit))
-    });
-    let horizon_secs = config.horizon.as_secs();
-    if seconds > horizon_secs {
-        // Blame the field that contributes most (the larger unit on a tie).
-        let (field, _, _) = parts
-            .iter()
-            .rev()
-            .max_by_key(|(_, v, unit)| seconds_of(*v, *unit))
-            .copied()
-            .unwrap_or(parts[0]);
-        return Err(ApiError::bad_field(
-            field,
-            format!(
-                "the timer would be {seconds} s ahead, more than the horizon of {} days",
-                horizon_secs / 86_400
-            ),
-        ));
-    }
-    let as_url_error = |e: ApiError| match e.body.field.as_deref() {
-        Some("callback.url") => ApiError::bad_field(
-            "url",
-            e.body
-                .error
-                .strip_prefix("callback.url: ")
-                .unwrap_or(&e.body.error)
-                .to_string(),
-        ),
-        _ => e,
-    };
-    let checked = Callback {
-        url: req.url,
-        method: "POST".into(),
-        headers: Default::default(),
-        body: String::new(),
-    };
-    checked
-        .validate()
-        .map_err(ApiError::from)
-        .map_err(as_url_error)?;
-    let mut url = url::Url::parse(&checked.url)
-        .map_err(|e| ApiError::bad_field("url", format!("is not a URL: {e}")))?;
-    url.set_fragment(None);
-    url.path_segments_mut()
-        .map_err(|_| ApiError::bad_field("url", "cannot take a path"))?
-        .pop_if_empty()
-        .push(&id);
-    let spec = TimerSpec {
-        fire_at_ms: now.saturating_add(seconds.saturating_mul(1000)),
-        callback: Callback {
-            url: url.into(),
-            ..checked
-        },
-        id,
-        attempt: 1,
-        retry: RetryPolicy::default(),
-        first_fire_at_ms: None,
-        schedule_id: None,
-        delivery: None,
-    };
-    check_spec(&spec, config).map_err(as_url_error)?;
-    Ok((spec, seconds))
-}
-
-/// The original service's status: seconds left (rounded up), 0 once fired.
-#[utoipa::path(
-    get, path = "/timers/{id}", tag = "original API",
-    params(("id" = String, Path, description = "The timer id")),
-    security((), ("api_key" = [])),
-    responses(
-        (status = 200, description = "Seconds left", body = LegacyTimerState),
-        (status = 400, description = "The id is not valid", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown, forgotten or cancelled", body = ErrorBody),
-        (status = 503, description = "The timer's partition is loading or its owner cannot be reached", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "seconds"))),
-    )
-)]
-pub async fn legacy_timer_status(
-    State(state): State<Arc<AppState>>,
-    id: Result<Path<String>, PathRejection>,
-) -> Result<Json<LegacyTimerState>, ApiError> {
-    let id = path_id(id)?;
-    let time_left = match state.lookup.status(&id).await? {
-        TimerStatus::Pending { fire_at_ms, .. } => {
-            fire_at_ms.saturating_sub(now_ms()).div_ceil(1000)
-        }
-        TimerStatus::Fired { .. } => 0,
-        _ => return Err(not_found(&id)),
-    };
-    Ok(Json(LegacyTimerState { id, time_left }))
-}
-
-fn not_found(id: &str) -> ApiError {
+pub(crate) fn not_found(id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         format!(
@@ -784,13 +603,13 @@ fn not_found(id: &str) -> ApiError {
 }
 
 /// The `{id}` of a path, validated like a created id.
-fn path_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+pub(crate) fn path_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(id) = id.map_err(|e| ApiError::bad_field("id", e.body_text()))?;
     validate_id(&id)?;
     Ok(id)
 }
 
-fn check_spec(spec: &TimerSpec, config: &IngestConfig) -> Result<(), ApiError> {
+pub(crate) fn check_spec(spec: &TimerSpec, config: &IngestConfig) -> Result<(), ApiError> {
     validate_id(&spec.id)?;
     spec.callback.validate()?;
     spec.retry.validate()?;
@@ -803,101 +622,6 @@ fn check_spec(spec: &TimerSpec, config: &IngestConfig) -> Result<(), ApiError> {
         ));
     }
     Ok(())
-}
-
-/// Parses a request's JSON body, naming the field at fault on error: the
-/// body must be `application/json` (415 otherwise: a browser page cannot
-/// send that cross-origin without a CORS pre-flight) within the size limit.
-pub fn parse_json<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    config: &IngestConfig,
-) -> Result<T, ApiError> {
-    require_json(headers)?;
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(None, "the request body", config.max_request_bytes)
-        } else {
-            ApiError::bad_field("body", rejection.body_text())
-        }
-    })?;
-    parse_body(&body)
-}
-
-/// `Content-Type` must be `application/json` (any parameters, any case).
-pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let media_type = given
-        .as_deref()
-        .and_then(|v| v.split(';').next())
-        .map(str::trim);
-    if media_type.is_some_and(|m| m.eq_ignore_ascii_case("application/json")) {
-        return Ok(());
-    }
-    let mut e = ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        match given {
-            Some(t) => format!("content-type: {t:?} is not application/json"),
-            None => "content-type: missing; send the body as application/json".to_string(),
-        },
-    );
-    e.body.field = Some("content-type".into());
-    Err(e)
-}
-
-/// Parses one JSON object — nothing before or after it — into `T`, naming
-/// the field at fault on error. Pure: the fuzz targets call it directly.
-pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    // serde would also read a struct from a JSON array; the API takes objects.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ApiError::bad_field("body", "must be a JSON object"));
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let message = inner.to_string();
-        ApiError::bad_field(field_of(&path, &message), strip_position(&message))
-    })?;
-    de.end().map_err(|_| {
-        ApiError::bad_field(
-            "body",
-            "unexpected data after the JSON object (send exactly one object)",
-        )
-    })?;
-    Ok(value)
-}
-
-/// The field a serde error is about: its path, plus the field named in a
-/// "missing field `x`" / "unknown field `x`" message.
-pub fn field_of(path: &str, message: &str) -> String {
-    let path = match path {
-        "." | "?" => "",
-        p => p.trim_end_matches('.'), // a key `""` shows as a trailing dot
-    };
-    if message.starts_with("unknown field `") && !path.is_empty() {
-        return path.to_string(); // the path already ends at the unknown field
-    }
-    let named = message
-        .strip_prefix("missing field `")
-        .or_else(|| message.strip_prefix("unknown field `"))
-        .and_then(|rest| rest.split('`').next())
-        .filter(|name| !name.is_empty()); // `{"": 1}` names no field: its parent
-    match (path, named) {
-        ("", Some(name)) => name.to_string(),
-        (p, Some(name)) => format!("{p}.{name}"),
-        ("", None) => "body".to_string(),
-        (p, None) => p.to_string(),
-    }
-}
-
-pub fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_string(),
-        None => message.to_string(),
-    }
 }
 
 /// Parses an RFC 3339 time to unix ms, rounding sub-millisecond parts up (a
@@ -924,36 +648,13 @@ pub fn format_ms(ms: u64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn field_paths() {
-        assert_eq!(field_of(".", "missing field `callback`"), "callback");
-        assert_eq!(field_of("callback", "missing field `url`"), "callback.url");
-        assert_eq!(
-            field_of("colour", "unknown field `colour`, expected one of"),
-            "colour"
-        );
-        assert_eq!(
-            field_of("callback.colour", "unknown field `colour`, expected one of"),
-            "callback.colour"
-        );
-        assert_eq!(field_of("?", "EOF while parsing a value"), "body");
-        assert_eq!(field_of("delay_ms", "invalid type: string"), "delay_ms");
-        assert_eq!(field_of(".", "expected value"), "body");
-        // Found by fuzzing: an unknown field with an empty name.
-        assert_eq!(field_of("", "unknown field ``, expected one of"), "body");
-        assert_eq!(
-            field_of("callback", "unknown field ``, expected"),
-            "callback"
-        );
-    }
 
     #[test]
     fn fire_at_rounds_up_and_rejects_garbage() {

@@ -15,9 +15,8 @@ use utoipa::ToSchema;
 
 use chime_wire::time::now_ms;
 
-use crate::api::{
-    field_of, new_timer, parse_json, schedule, strip_position, AppState, CreateTimer,
-};
+use crate::api::{new_timer, schedule, AppState, CreateTimer};
+use crate::body::{field_of, parse_json, strip_position};
 use crate::error::{ApiError, ErrorBody};
 
 /// Items checked for duplicates and appended at once (Kafka batches the

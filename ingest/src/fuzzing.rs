@@ -13,9 +13,11 @@ use axum::http::{HeaderMap, HeaderValue};
 use chime_wire::headers::{FIRED_AT_MS, FIRE_AT_MS, OUTCOME, REVOKES_FIRE_AT_MS};
 use chime_wire::{ChangelogRecord, FieldError, FiresRecord, RecordHeaders, TimerCommand};
 
-use crate::api::{legacy_timer, new_timer, parse_body, CreateLegacyTimer, CreateTimer};
+use crate::api::{new_timer, CreateTimer};
 use crate::batch::{parse_item, CreateBatch};
+use crate::body::parse_body;
 use crate::error::ApiError;
+use crate::legacy::{legacy_timer, CreateLegacyTimer};
 use crate::IngestConfig;
 
 /// A fixed "now" for the REST checks (2026-01-01T00:00:00Z), so runs repeat.
@@ -187,7 +189,7 @@ fn headers(data: &[u8]) {
     if let Some(v) = value(0) {
         map.insert(axum::http::header::CONTENT_TYPE, v);
     }
-    if let Err(e) = crate::api::require_json(&map) {
+    if let Err(e) = crate::body::require_json(&map) {
         api_named(&e);
     }
     if let Some(text) = value(1).as_ref().and_then(|v| v.to_str().ok()) {

@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod batch;
+pub mod body;
 pub mod browser;
 pub mod delivery;
 pub mod docs;
@@ -28,6 +29,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod guard;
 pub mod http_errors;
+pub mod legacy;
 pub mod listing;
 pub mod lookup;
 pub mod ops;

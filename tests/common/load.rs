@@ -372,14 +372,17 @@ impl Outcome {
     }
 
     /// REST answers other than 201, and 503 with Retry-After.
+    /// Creates ingest answered with something other than 201, or 503 with
+    /// Retry-After. A create that got no answer (a broken connection) is
+    /// not one: it may or may not exist, and is counted apart.
     pub fn bad_answers(&self) -> Vec<&Created> {
         self.created
             .iter()
             .filter(|c| c.via == Via::Rest)
             .filter(|c| match c.status {
-                Some(201) => false,
+                Some(201) | None => false,
                 Some(503) => !c.retry_after,
-                _ => true,
+                Some(_) => true,
             })
             .collect()
     }
