@@ -140,6 +140,9 @@ struct Handover {
     done: std_mpsc::SyncSender<()>,
     /// Past this, their remaining waits are abandoned.
     deadline: Instant,
+    /// Abandoned already: what still runs (calls under way, a commit) is
+    /// waited for without a deadline to wake up for.
+    abandoned: bool,
 }
 
 type CommitTask = JoinHandle<(Committer, CommitBatch, anyhow::Result<()>)>;
@@ -199,7 +202,12 @@ pub async fn serve(config: DispatcherConfig, shutdown: CancellationToken) -> any
     tracing::info!(group = %d.config.group_id, "dispatcher started");
 
     loop {
-        let next_deadline = d.handovers.iter().map(|h| h.deadline).min();
+        let next_deadline = d
+            .handovers
+            .iter()
+            .filter(|h| !h.abandoned)
+            .map(|h| h.deadline)
+            .min();
         tokio::select! {
             biased;
             _ = shutdown.cancelled(), if !stopping => {
@@ -344,6 +352,7 @@ impl Dispatcher {
             partitions,
             done,
             deadline: Instant::now() + self.config.shutdown_grace,
+            abandoned: false,
         });
     }
 
@@ -351,7 +360,12 @@ impl Dispatcher {
     /// calls already made still finish).
     fn abandon_overdue(&mut self) {
         let now = Instant::now();
-        for h in self.handovers.iter().filter(|h| h.deadline <= now) {
+        for h in self
+            .handovers
+            .iter_mut()
+            .filter(|h| h.deadline <= now && !h.abandoned)
+        {
+            h.abandoned = true;
             for p in &h.partitions {
                 if let Some(track) = self.tracks.get(p) {
                     tracing::warn!(partition = p, in_flight = track.progress.in_flight(),
