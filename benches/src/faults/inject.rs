@@ -63,8 +63,8 @@ pub async fn apply(
     let mut a = Applied::default();
     match fault.kind {
         FaultKind::Kill9Restart => {
-            pair.node(0).process.kill9()?;
             a.fault_at_ms = a.step("kill -9 a");
+            pair.node(0).process.kill9()?;
             pair.watch_until(a.fault_at_ms + fault.after_ms, Some(0))
                 .await?;
             pair.node(0).process.restart()?;
@@ -72,15 +72,15 @@ pub async fn apply(
             settle(pair, &mut a, "a and b share the partitions again").await?;
         }
         FaultKind::Kill9Takeover => {
+            a.fault_at_ms = a.step("kill -9 a (for good)");
             pair.node(0).process.kill9()?;
             pair.node(0).gone = true;
-            a.fault_at_ms = a.step("kill -9 a (for good)");
             a.back_at_ms = a.fault_at_ms + session_timeout_ms;
             settle(pair, &mut a, "b owns every partition").await?;
         }
         FaultKind::Sigstop => {
-            pair.node(0).process.pause()?;
             a.fault_at_ms = a.step("SIGSTOP a");
+            pair.node(0).process.pause()?;
             pair.watch_until(a.fault_at_ms + fault.pause_ms, Some(0))
                 .await?;
             pair.node(0).process.resume()?;
@@ -113,8 +113,10 @@ pub async fn apply(
                 "broker-kill needs --broker-script: the scripts/kafka that manages this broker \
                  (see the README's load-testing section)",
             )?;
-            broker::script(script, "kill").await?;
+            // The kill happens inside the script: the fault begins when it is run.
             a.fault_at_ms = a.step("kill -9 the broker");
+            broker::script(script, "kill").await?;
+            a.step("the broker's process is gone");
             anyhow::ensure!(
                 !broker::answers(bootstrap, Duration::from_secs(1)).await,
                 "a broker still answers on {bootstrap} after `scripts/kafka kill`: it is not the \

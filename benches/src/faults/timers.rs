@@ -3,7 +3,8 @@
 //! client would create them — a few seconds ahead of their due time, so
 //! the engines hold a realistic number pending, and input keeps arriving
 //! through the fault. Before a broker is killed, every timer due during
-//! its outage is produced first ([`Timers::hold_until`]). Production ends
+//! its outage is produced first ([`Timers::hold_until`]), and the engines
+//! take them in ([`wait_applied`]) before the first is due. Production ends
 //! at the due time set by [`Timers::end_at`], once the run knows when its
 //! fault window closes.
 
@@ -13,10 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 
 use chime_wire::time::now_ms;
 
+use crate::harness::deployment::Deployment;
 use crate::harness::eventually;
 use crate::load::create::Plan;
 use crate::soak::traffic::Quiet;
@@ -156,4 +160,35 @@ async fn produce(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits until the engines have applied every record of the timers topic:
+/// their group's committed offsets stand at the end of each partition.
+pub async fn wait_applied(d: &Deployment, within: Duration) -> anyhow::Result<()> {
+    let reader: BaseConsumer = chime_kafka::consumer_config(
+        &d.bootstrap,
+        "chime-bench-faults-offsets",
+        &format!("{}-engine", d.prefix),
+    )
+    .create()?;
+    let (topic, partitions) = (d.topics.timers.clone(), d.partitions);
+    eventually("the engines to apply every timer", within, || {
+        let applied = tokio::task::block_in_place(|| -> anyhow::Result<Option<()>> {
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..partitions {
+                tpl.add_partition(&topic, p);
+            }
+            let committed = reader.committed_offsets(tpl, Duration::from_secs(10))?;
+            for p in 0..partitions {
+                let (_, high) = reader.fetch_watermarks(&topic, p, Duration::from_secs(10))?;
+                let at = committed.find_partition(&topic, p).map(|e| e.offset());
+                if high > 0 && at != Some(Offset::Offset(high)) {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        });
+        async move { applied }
+    })
+    .await
 }
