@@ -62,11 +62,11 @@ struct KafkaArgs {
     /// transactions at once. Must be unique among running processes.
     #[arg(long, env = "CHIME_INSTANCE_ID", global = true)]
     instance_id: Option<String>,
-    /// Static group membership (KIP-345): a member that stops without
+    /// Static group membership (KIP-345): a member that dies without
     /// leaving keeps its partitions until the session timeout, so a process
-    /// restarted within it resumes them with no rebalance. A stopping
-    /// member then does not hand its partitions over either (see
-    /// docs/operations.md). Needs a stable CHIME_INSTANCE_ID.
+    /// restarted within it resumes them with no rebalance — and one that
+    /// never returns holds them that long (see docs/operations.md). Needs a
+    /// stable CHIME_INSTANCE_ID.
     #[arg(
         long,
         env = "CHIME_STATIC_MEMBERSHIP",

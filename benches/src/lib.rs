@@ -4,11 +4,14 @@
 //! * [`load`] — the load test: timers per second, lateness, CPU;
 //! * [`figures`] — the engine's figures: rebuild rate, failover, lateness;
 //! * [`soak`] — the chaos soak: faults under steady load, then the books;
+//! * [`faults`] — the failover figures: one fault under steady load, the
+//!   lateness of the timers due meanwhile;
 //! * [`harness`] — what the modes share: chime child processes, the
 //!   callback receiver, percentiles, CPU.
 //!
 //! The criterion benches live in `benches/`.
 
+pub mod faults;
 pub mod figures;
 pub mod harness;
 pub mod load;

@@ -1,14 +1,14 @@
 //! `chime-bench`: the load test (`chime-bench [FLAGS]`, the flags of
 //! `chime bench`, which runs this binary) and the engine figures
-//! (`chime-bench rebuild|failover|lateness`) and the chaos soak
-//! (`chime-bench soak`).
+//! (`chime-bench rebuild|failover|lateness`), the failover figures
+//! (`chime-bench faults`) and the chaos soak (`chime-bench soak`).
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use chime_benches::{figures, load, soak, Common};
+use chime_benches::{faults, figures, load, soak, Common};
 
 /// chime-bench: load-test a chime, or measure its engine.
 ///
@@ -50,6 +50,11 @@ enum Mode {
     Failover(figures::failover::FailoverArgs),
     /// Engine figure: fire lateness at a sustained rate, per tick and lead.
     Lateness(figures::lateness::LatenessArgs),
+    /// Failover figures: one fault (kill -9 and restart, kill -9 for good,
+    /// SIGSTOP, a rolling SIGTERM restart, kill -9 of the broker) to one of
+    /// two `chime all` processes under steady load; the lateness of the
+    /// timers due meanwhile.
+    Faults(faults::FaultsArgs),
     /// The chaos soak: kill -9, SIGSTOP and restarts of every role (and the
     /// broker) under steady load; fails on any lost, doubled, early or
     /// uncancelled timer.
@@ -105,6 +110,12 @@ async fn run() -> anyhow::Result<()> {
         match &cli.mode {
             None => load::main(&cli.load, &common).await,
             Some(Mode::Soak(a)) => soak::run(a, &common).await,
+            Some(Mode::Faults(a)) => {
+                if !a.json {
+                    figures::print_machine();
+                }
+                faults::run(a, &common).await
+            }
             Some(Mode::Rebuild(a)) => {
                 figures::print_machine();
                 figures::rebuild::run(a, &common).await
@@ -144,6 +155,10 @@ mod tests {
         assert_eq!(rebuild.bootstrap, "127.0.0.1:2");
         let lateness = parse(&["lateness", "--tick-ms", "2,10"]).unwrap();
         assert!(matches!(lateness.mode, Some(Mode::Lateness(ref a)) if a.tick_ms == [2, 10]));
+        let faults = parse(&["faults", "--fault", "kill9-restart", "--after-ms", "4000"]).unwrap();
+        assert!(matches!(faults.mode, Some(Mode::Faults(ref a))
+            if a.fault == faults::plan::FaultKind::Kill9Restart && a.after_ms == 4000));
+        assert!(parse(&["faults", "--fault", "nonsense"]).is_err());
         assert!(
             parse(&["--spawn", "rebuild"]).is_err(),
             "load flags and a mode"

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub const DEFAULT_LEAD: Duration = Duration::from_millis(200);
 
 /// How soon a dead member's partitions move, by default: short, for a quick
-/// takeover, yet several heartbeats (a third of it) long, so a busy machine
+/// takeover, yet five heartbeats long, so a busy machine
 /// or a broker's garbage collection does not expel a live member. Below 6 s
 /// the brokers' `group.min.session.timeout.ms` must be lowered to allow it.
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(3);

@@ -163,14 +163,26 @@ impl ChimeProcess {
     }
 
     fn logged_addr(&self, message: &str) -> Option<SocketAddr> {
-        let mut file = std::fs::File::open(&self.log).ok()?;
-        file.seek(SeekFrom::Start(self.log_from)).ok()?;
+        self.log_lines()
+            .into_iter()
+            .find(|line| line["fields"]["message"] == message)
+            .and_then(|line| line["fields"]["addr"].as_str()?.parse().ok())
+    }
+
+    /// The JSON lines this process has logged so far (not those of an
+    /// earlier process that wrote to the same log).
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        let Ok(mut file) = std::fs::File::open(&self.log) else {
+            return Vec::new();
+        };
+        if file.seek(SeekFrom::Start(self.log_from)).is_err() {
+            return Vec::new();
+        }
         BufReader::new(file)
             .lines()
             .map_while(Result::ok)
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(&line).ok())
-            .find(|line| line["fields"]["message"] == message)
-            .and_then(|line| line["fields"]["addr"].as_str()?.parse().ok())
+            .filter_map(|line| serde_json::from_str(&line).ok())
+            .collect()
     }
 }
 

@@ -1,8 +1,10 @@
 //! What every mode of `chime-bench` shares: chime child processes
 //! ([`spawn`]), the loopback receiver of their callbacks ([`receiver`]),
-//! lateness percentiles ([`lateness`]), process CPU ([`cpu`]) and fresh
-//! topic prefixes ([`deployment`]).
+//! lateness percentiles ([`lateness`]), process CPU ([`cpu`]), fresh topic
+//! prefixes ([`deployment`]) and the broker as something to kill, stop and
+//! start ([`broker`]).
 
+pub mod broker;
 pub mod cpu;
 pub mod deployment;
 pub mod lateness;

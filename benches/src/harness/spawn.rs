@@ -25,7 +25,9 @@ pub const INGEST_LISTENING: &str = "ingest listening";
 pub const ENGINE_STATUS_LISTENING: &str = "engine status endpoint listening";
 
 /// Log filter of every child: info, so the `… listening` lines and the
-/// engines' partition lines are written.
+/// engines' partition lines are written. `CHIME_BENCH_CHILD_LOG` replaces
+/// it (keep `info` in it), e.g. with `CHIME_KAFKA_DEBUG=cgrp,eos` and
+/// `info,librdkafka=debug` to see librdkafka's group and transaction steps.
 const CHILD_LOG: &str = "info,librdkafka=warn,rdkafka=warn";
 
 /// The chime executable: `explicit`, else `chime` next to this executable.
@@ -154,7 +156,10 @@ impl ChimeProcess {
         let child = Command::new(&spec.exe)
             .args(&spec.args)
             .env("CHIME_LOG_FORMAT", "json")
-            .env("RUST_LOG", CHILD_LOG)
+            .env(
+                "RUST_LOG",
+                std::env::var("CHIME_BENCH_CHILD_LOG").unwrap_or_else(|_| CHILD_LOG.into()),
+            )
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

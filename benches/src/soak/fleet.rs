@@ -4,7 +4,6 @@
 //! finding — and starts them again so the run goes on.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use anyhow::Context;
 use chime_wire::time::now_ms;
 
 use super::plan::{Fault, FaultKind, Role};
+use crate::harness::broker::script as broker;
 use crate::harness::spawn::{ChimeProcess, ProcessSpec, INGEST_LISTENING};
 
 /// How the processes are configured.
@@ -254,21 +254,4 @@ impl Fleet {
             .map(|(_, _, p)| (p.name().to_string(), p.pid()))
             .collect()
     }
-}
-
-/// `scripts/kafka <command>` with this process's environment (so the same
-/// CHIME_KAFKA_PORT / CHIME_KAFKA_HOME as the broker the soak runs on).
-async fn broker(script: &Path, command: &str) -> anyhow::Result<()> {
-    let script = script.to_path_buf();
-    let command = command.to_string();
-    let out = tokio::task::spawn_blocking(move || Command::new(&script).arg(&command).output())
-        .await?
-        .context("running the broker script")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "scripts/kafka: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
