@@ -5,6 +5,7 @@
 //! (KIP-447). A crash before the commit loses neither: the fire records are
 //! re-delivered and settled again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -25,7 +26,7 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct CommitBatch {
     pub offsets: Vec<(i32, i64)>,
     pub outputs: Vec<PartitionOutputs>,
-    pub group: ConsumerGroupMetadata,
+    pub group: Arc<ConsumerGroupMetadata>,
 }
 
 /// The outputs one partition's commit carries, by fire-record offset.

@@ -21,21 +21,9 @@ use chime_wire::{
 use crate::address::{refusal_in, AddressPolicy, GuardedResolver};
 use crate::hosts::HostLimits;
 use crate::retry::{classify, random_unit, CallResult, RetryDefaults};
-use crate::signing::{idempotency_key, Signer, HEADER_IDEMPOTENCY_KEY, HEADER_SIGNATURE};
+use crate::signing::{idempotency_key, Signer};
 use crate::DispatcherConfig;
-
-/// Request header naming the timer (percent-encoded if not plain ASCII).
-pub const HEADER_TIMER_ID: &str = "chime-timer-id";
-/// Request header with this attempt's due time, unix milliseconds.
-pub const HEADER_FIRE_AT: &str = "chime-fire-at-ms";
-/// Request header with the attempt number, from 1.
-pub const HEADER_ATTEMPT: &str = "chime-attempt";
-/// Request header naming the schedule an occurrence belongs to
-/// (percent-encoded like the timer id).
-pub const HEADER_SCHEDULE_ID: &str = "chime-schedule-id";
-/// Request header with an occurrence's due time, unix ms (the same on
-/// every attempt, unlike `chime-fire-at-ms`).
-pub const HEADER_OCCURRENCE_AT: &str = "chime-occurrence-at-ms";
+use chime_wire::callback_headers as header;
 
 /// At most this much of an error answer's body is kept for the dead letter.
 const EXCERPT_BYTES: usize = 256;
@@ -315,26 +303,26 @@ impl Delivery {
         let id: String = url::form_urlencoded::byte_serialize(spec.id.as_bytes()).collect();
         let id = HeaderValue::from_str(&id)
             .map_err(|e| permanent(format!("timer id as a header: {e}")))?;
-        headers.insert(HEADER_TIMER_ID, id);
-        headers.insert(HEADER_FIRE_AT, HeaderValue::from(spec.fire_at_ms));
-        headers.insert(HEADER_ATTEMPT, HeaderValue::from(spec.attempt));
+        headers.insert(header::TIMER_ID, id);
+        headers.insert(header::FIRE_AT_MS, HeaderValue::from(spec.fire_at_ms));
+        headers.insert(header::ATTEMPT, HeaderValue::from(spec.attempt));
         if let Some(schedule) = &spec.schedule_id {
             let schedule: String =
                 url::form_urlencoded::byte_serialize(schedule.as_bytes()).collect();
             let schedule = HeaderValue::from_str(&schedule)
                 .map_err(|e| permanent(format!("schedule id as a header: {e}")))?;
-            headers.insert(HEADER_SCHEDULE_ID, schedule);
+            headers.insert(header::SCHEDULE_ID, schedule);
             let due = spec.first_fire_at_ms.unwrap_or(spec.fire_at_ms);
-            headers.insert(HEADER_OCCURRENCE_AT, HeaderValue::from(due));
+            headers.insert(header::OCCURRENCE_AT_MS, HeaderValue::from(due));
         }
         headers.insert(
-            HEADER_IDEMPOTENCY_KEY,
+            header::IDEMPOTENCY_KEY,
             HeaderValue::from_str(key).map_err(|e| permanent(e.to_string()))?,
         );
         if let Some(signer) = &self.signer {
             let signature = signer.sign(now_ms(), cb.body.as_bytes());
             headers.insert(
-                HEADER_SIGNATURE,
+                header::SIGNATURE,
                 HeaderValue::from_str(&signature).map_err(|e| permanent(e.to_string()))?,
             );
         }

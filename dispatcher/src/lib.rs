@@ -433,7 +433,7 @@ impl Dispatcher {
     }
 
     fn next_batch(&mut self) -> Option<CommitBatch> {
-        let group = self.consumer.group_metadata()?;
+        let group = Arc::new(self.consumer.group_metadata()?);
         let mut batch = CommitBatch {
             offsets: Vec::new(),
             outputs: Vec::new(),

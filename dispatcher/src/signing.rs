@@ -6,11 +6,6 @@
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-/// Request header with the idempotency key.
-pub const HEADER_IDEMPOTENCY_KEY: &str = "idempotency-key";
-/// Request header with the signature: `t=<unix ms>,v1=<hex HMAC-SHA256>`.
-pub const HEADER_SIGNATURE: &str = "chime-signature";
-
 /// The key of one firing: hex of the first 16 bytes of
 /// SHA-256(`id` ‖ 0x00 ‖ decimal due time of the first attempt). Retries carry
 /// the first attempt's due time, so they share the key; a re-schedule of the

@@ -22,6 +22,16 @@
 //! one is created (and initialised, which fences the old one) at the next
 //! send, so an outage of the whole cluster heals by itself.
 //!
+//! librdkafka 2.12 can block forever in `send_offsets_to_transaction` when
+//! the group coordinator's broker has left the cluster: it waits for a state
+//! change of a broker thread it has already shut down (librdkafka issues
+//! 5456 and 5511, open at the time of writing; seen in
+//! `tests/cluster_failover.rs` when the killed broker coordinated the
+//! dispatchers' group). So that call is made on a thread of its own
+//! ([`OffsetsCaller`]); one that outlives its deadline is left behind with
+//! its producer, a [`TxnError::Hung`], and the next send creates a new
+//! producer, whose initialisation fences the abandoned one.
+//!
 //! Deliveries are awaited on a condition variable signalled from the
 //! delivery callback (the producer polls on its own thread), not by polling
 //! in a loop: librdkafka's flush inside the commit polls in 100 ms slices, so
@@ -29,12 +39,12 @@
 //! it takes about a millisecond.
 
 use std::collections::HashMap;
-use std::sync::{Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, TopicPartitionList};
 
@@ -52,6 +62,11 @@ pub enum TxnError {
     Aborted(KafkaError),
     #[error("fenced by a newer producer with the same transactional id: {0}")]
     Fenced(KafkaError),
+    #[error("{call} did not return within {waited:?}; its producer was abandoned")]
+    Hung {
+        call: &'static str,
+        waited: Duration,
+    },
 }
 
 /// One record to write in the open transaction.
@@ -80,7 +95,8 @@ pub struct TxnTimeouts {
 pub struct Transactional {
     config: ClientConfig,
     timeouts: TxnTimeouts,
-    producer: Option<ThreadedProducer<Deliveries>>,
+    producer: Option<Arc<ThreadedProducer<Deliveries>>>,
+    offsets_caller: Option<OffsetsCaller>,
     open: bool,
 }
 
@@ -91,6 +107,7 @@ impl Transactional {
             config,
             timeouts,
             producer: None,
+            offsets_caller: None,
             open: false,
         }
     }
@@ -156,7 +173,7 @@ impl Transactional {
     pub fn commit(
         &mut self,
         offsets: &TopicPartitionList,
-        group: &ConsumerGroupMetadata,
+        group: &Arc<ConsumerGroupMetadata>,
     ) -> Result<(), TxnError> {
         if !self.open {
             if offsets.count() == 0 {
@@ -181,10 +198,23 @@ impl Transactional {
             });
         }
         let call = self.timeouts.call;
-        let producer = self.producer.as_ref().expect("checked above");
+        let producer = Arc::clone(self.producer.as_ref().expect("checked above"));
         let mut result = Ok(());
         if offsets.count() > 0 {
-            result = producer.send_offsets_to_transaction(offsets, group, call);
+            result = match self.send_offsets(&producer, offsets, group) {
+                Some(result) => result,
+                None => {
+                    // Left behind with its producer; the next send makes a
+                    // new one, which fences it.
+                    self.open = false;
+                    self.producer = None;
+                    self.offsets_caller = None;
+                    return Err(TxnError::Hung {
+                        call: "send_offsets_to_transaction",
+                        waited: call + HUNG_MARGIN,
+                    });
+                }
+            };
         }
         if result.is_ok() {
             result = producer.commit_transaction(call);
@@ -200,6 +230,26 @@ impl Transactional {
                 Err(error)
             }
         }
+    }
+
+    /// `send_offsets_to_transaction` on the offsets thread: its result, or
+    /// `None` when it did not return within the call deadline and a margin.
+    fn send_offsets(
+        &mut self,
+        producer: &Arc<ThreadedProducer<Deliveries>>,
+        offsets: &TopicPartitionList,
+        group: &Arc<ConsumerGroupMetadata>,
+    ) -> Option<KafkaResult<()>> {
+        let caller = match &mut self.offsets_caller {
+            Some(caller) => caller,
+            None => self.offsets_caller.insert(OffsetsCaller::start()?),
+        };
+        caller.call(OffsetsJob {
+            producer: Arc::clone(producer),
+            offsets: offsets.clone(),
+            group: Arc::clone(group),
+            timeout: self.timeouts.call,
+        })
     }
 
     /// Aborts the open transaction, if any; a producer that cannot abort is
@@ -227,7 +277,7 @@ impl Transactional {
             producer
                 .init_transactions(self.timeouts.call)
                 .map_err(classify)?;
-            self.producer = Some(producer);
+            self.producer = Some(Arc::new(producer));
         }
         Ok(self.producer.as_ref().expect("created above"))
     }
@@ -256,6 +306,61 @@ impl Transactional {
         self.producer
             .as_ref()
             .is_some_and(|p| p.client().fatal_error().is_some())
+    }
+}
+
+/// How much longer than its own deadline an offsets call may take before it
+/// is taken for hung.
+const HUNG_MARGIN: Duration = Duration::from_secs(2);
+
+/// One `send_offsets_to_transaction` call.
+struct OffsetsJob {
+    producer: Arc<ThreadedProducer<Deliveries>>,
+    offsets: TopicPartitionList,
+    group: Arc<ConsumerGroupMetadata>,
+    timeout: Duration,
+}
+
+/// The thread `send_offsets_to_transaction` calls are made on, so that one
+/// that never returns holds up only this thread (see the module comment).
+/// Dropping it ends the thread once its current call, if any, returns.
+struct OffsetsCaller {
+    jobs: mpsc::Sender<OffsetsJob>,
+    results: mpsc::Receiver<KafkaResult<()>>,
+}
+
+impl OffsetsCaller {
+    /// `None` if no thread could be started (the call is then reported hung).
+    fn start() -> Option<OffsetsCaller> {
+        let (jobs, job_rx) = mpsc::channel::<OffsetsJob>();
+        let (result_tx, results) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("chime-txn-offsets".into())
+            .spawn(move || {
+                for job in job_rx {
+                    let result = job.producer.send_offsets_to_transaction(
+                        &job.offsets,
+                        &job.group,
+                        job.timeout,
+                    );
+                    if result_tx.send(result).is_err() {
+                        return;
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => Some(OffsetsCaller { jobs, results }),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the transaction offsets thread");
+                None
+            }
+        }
+    }
+
+    fn call(&self, job: OffsetsJob) -> Option<KafkaResult<()>> {
+        let deadline = job.timeout + HUNG_MARGIN;
+        self.jobs.send(job).ok()?;
+        self.results.recv_timeout(deadline).ok()
     }
 }
 

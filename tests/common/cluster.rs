@@ -268,13 +268,18 @@ impl Cluster {
     }
 
     /// Puts the cluster back as a test found it: every node running and
-    /// live, and every replica of every topic in sync. Each test ends with it.
+    /// live, and every replica of every topic in sync, each partition led by its
+    /// preferred replica. Each test begins with it.
     pub async fn restore(&self) {
         script(&["cluster", "start"]).await;
         self.wait_nodes_up(&NODES, SETTLE).await;
         let topics = self.topic_names().await.expect("list the topics");
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         self.wait_in_sync(&names, SETTLE).await;
+        // A node that was down leads nothing until leadership moves back to
+        // the preferred replicas; a test choosing its victim by what each
+        // node leads needs the layout of a cluster that never failed.
+        script(&["cluster", "elect"]).await;
     }
 
     /// The name of every topic in the cluster, internal ones included.

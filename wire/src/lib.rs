@@ -18,6 +18,7 @@
 //!   partition (and so which engine) holds a timer.
 //! * [`time`] — unix-millisecond wall clock.
 
+pub mod callback_headers;
 pub mod changelog;
 pub mod command;
 pub mod dead_letter;

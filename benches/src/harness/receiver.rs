@@ -15,6 +15,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::any;
 use axum::Router;
+use chime_wire::callback_headers;
 use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
@@ -156,12 +157,12 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 async fn timer(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> StatusCode {
     let at_us = now_us();
-    let attempt = header(&headers, "chime-attempt")
+    let attempt = header(&headers, callback_headers::ATTEMPT)
         .and_then(|a| a.parse().ok())
         .unwrap_or(0);
     let expected = lock(&shared.expected).clone();
     let index = expected.as_ref().and_then(|e| {
-        header(&headers, "chime-timer-id")
+        header(&headers, callback_headers::TIMER_ID)
             .and_then(|id| parse_index(id, &e.run_id))
             .filter(|&i| (i as usize) < e.due_ms.len())
     });
@@ -222,8 +223,8 @@ mod tests {
         for (id, attempt) in [("r-1", "2"), ("r-1", "3"), ("zzz", "1")] {
             let s = http
                 .post(rx.url("/t"))
-                .header("chime-timer-id", id)
-                .header("chime-attempt", attempt)
+                .header(callback_headers::TIMER_ID, id)
+                .header(callback_headers::ATTEMPT, attempt)
                 .send()
                 .await
                 .unwrap()

@@ -3,6 +3,7 @@
 //! partition's outputs and input offset. A failure leaves the outputs with
 //! their partitions for the next transaction.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
@@ -135,7 +136,7 @@ impl Owner {
                         }
                         Ok(Committed::Failed)
                     }
-                    TxnError::Aborted(e) => {
+                    e @ (TxnError::Aborted(_) | TxnError::Hung { .. }) => {
                         self.retry_backoff =
                             (self.retry_backoff * 2).clamp(RETRY_BACKOFF, RETRY_BACKOFF_MAX);
                         tracing::warn!(error = %e, retry_in = ?self.retry_backoff,
@@ -179,6 +180,6 @@ impl Owner {
             .ok_or(TxnError::Aborted(KafkaError::Global(
                 RDKafkaErrorCode::State,
             )))?;
-        self.txn.commit(&offsets, &group)
+        self.txn.commit(&offsets, &Arc::new(group))
     }
 }
