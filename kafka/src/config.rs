@@ -42,11 +42,24 @@ pub fn consumer_config(bootstrap: &str, client_id: &str, group_id: &str) -> Clie
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        // Timers are latency-sensitive: do not let the broker hold a fetch
-        // for the default 500 ms waiting for more data.
-        .set("fetch.wait.max.ms", "10");
+        .set("fetch.wait.max.ms", fetch_wait_ms().to_string());
     c
 }
+
+/// How long the broker may hold a fetch that finds no new data
+/// (`CHIME_FETCH_WAIT_MS`, default 10). New data ends the wait at once, so
+/// this is what an idle consumer costs (one fetch per wait, on the client
+/// and the broker), and how late a partition newly assigned, or resumed
+/// after a pause, is first fetched. Kafka's default of 500 ms would hold up
+/// a rebuilt partition's first records.
+pub fn fetch_wait_ms() -> u64 {
+    std::env::var("CHIME_FETCH_WAIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_FETCH_WAIT_MS)
+}
+
+const DEFAULT_FETCH_WAIT_MS: u64 = 10;
 
 /// Settings for a member of a chime consumer group: read_committed,
 /// cooperative-sticky rebalancing, and the given session timeout (how soon a

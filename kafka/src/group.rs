@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientContext, TopicPartitionList};
 
@@ -106,3 +106,42 @@ impl ClientContext for QuietEof {
 }
 
 impl ConsumerContext for QuietEof {}
+
+/// Whether the consumer holds a group member id: it joined and has not yet
+/// sent its leave request (librdkafka clears the id as it sends it).
+pub fn has_member_id<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> bool {
+    let rk = consumer.client().native_ptr();
+    // SAFETY: `rk` is the live handle `consumer` owns. rd_kafka_memberid
+    // returns null or a NUL-terminated copy the caller frees with
+    // rd_kafka_mem_free, read here only before it is freed.
+    unsafe {
+        let id = rdkafka::bindings::rd_kafka_memberid(rk);
+        if id.is_null() {
+            return false;
+        }
+        let joined = *id != 0;
+        rdkafka::bindings::rd_kafka_mem_free(rk, id.cast());
+        joined
+    }
+}
+
+/// After `unsubscribe`, serves the consumer until its leave request is on
+/// its way (or `deadline`). librdkafka sends the leave only once the
+/// unassign the unsubscribe began has been served; a consumer dropped
+/// before that closes without leaving, and its partitions then wait the
+/// whole session timeout for another member. `between` runs after each
+/// poll (the caller applies the revocation there).
+pub fn serve_until_left<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    deadline: std::time::Instant,
+    mut between: impl FnMut(),
+) -> bool {
+    while std::time::Instant::now() < deadline {
+        if !has_member_id(consumer) {
+            return true;
+        }
+        let _ = consumer.poll(std::time::Duration::from_millis(20));
+        between();
+    }
+    !has_member_id(consumer)
+}

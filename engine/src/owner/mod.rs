@@ -55,6 +55,9 @@ const REBUILD_RETRY: Duration = Duration::from_millis(500);
 const REBUILD_POLL: Duration = Duration::from_millis(5);
 /// Deadline for offset look-ups.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of the catch-up check's end-of-input queries, which the owner
+/// loop waits on.
+const WATERMARK_TIMEOUT: Duration = Duration::from_millis(250);
 /// First wait before retrying after a failed transaction; doubles up to the max.
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -297,7 +300,14 @@ impl Owner {
                 break;
             }
         }
-        tracing::info!("engine left the group");
+        let consumer = &self.consumer;
+        let left = chime_kafka::group::serve_until_left(consumer, deadline, || {});
+        let _ = self.apply_group_events();
+        if left {
+            tracing::info!("engine left the group");
+        } else {
+            tracing::warn!("engine stopped without its leave request sent; its partitions move after the session timeout");
+        }
     }
 }
 

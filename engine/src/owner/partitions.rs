@@ -11,7 +11,7 @@ use rdkafka::Offset;
 
 use chime_kafka::GroupEvent;
 
-use super::{Owner, KAFKA_TIMEOUT, REBUILD_RETRY};
+use super::{Owner, REBUILD_RETRY, WATERMARK_TIMEOUT};
 use crate::rebuild;
 
 impl Owner {
@@ -77,7 +77,15 @@ impl Owner {
         }
         let topic = self.config.topics.timers.clone();
         let positions = self.consumer.position().unwrap_or_default();
+        // The owner loop waits on these queries: each is short, and all
+        // together stop after one query's time, the rest asked next time.
+        // (A query can go unanswered for its whole timeout; with Kafka's 10 s
+        // the loop once sat two minutes here, firing nothing.)
+        let started = Instant::now();
         for (p, applied) in waiting {
+            if started.elapsed() >= WATERMARK_TIMEOUT {
+                break;
+            }
             if self.inbox.iter().any(|r| r.partition == p) {
                 continue; // the inbox is applied first; ask again next time
             }
@@ -85,7 +93,7 @@ impl Owner {
                 Some(Offset::Offset(o)) => Some(o),
                 _ => applied,
             };
-            let Ok((_, end)) = self.consumer.fetch_watermarks(&topic, p, KAFKA_TIMEOUT) else {
+            let Ok((_, end)) = self.consumer.fetch_watermarks(&topic, p, WATERMARK_TIMEOUT) else {
                 continue;
             };
             if position.unwrap_or(0) >= end {
