@@ -137,7 +137,7 @@ fn poll_until_stopped(
             break;
         }
     }
-    if !chime_kafka::group::serve_until_left(&consumer, deadline, || {}) {
+    if !chime_kafka::group::serve_until_left(consumer, deadline) {
         tracing::warn!("dispatcher stopped without its leave request sent; its partitions move after the session timeout");
     }
     let _ = events.send(Polled::Stopped);

@@ -129,19 +129,16 @@ pub fn has_member_id<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> bool {
 /// its way (or `deadline`). librdkafka sends the leave only once the
 /// unassign the unsubscribe began has been served; a consumer dropped
 /// before that closes without leaving, and its partitions then wait the
-/// whole session timeout for another member. `between` runs after each
-/// poll (the caller applies the revocation there).
+/// whole session timeout for another member. Returns whether it was sent.
 pub fn serve_until_left<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     deadline: std::time::Instant,
-    mut between: impl FnMut(),
 ) -> bool {
     while std::time::Instant::now() < deadline {
         if !has_member_id(consumer) {
             return true;
         }
         let _ = consumer.poll(std::time::Duration::from_millis(20));
-        between();
     }
     !has_member_id(consumer)
 }

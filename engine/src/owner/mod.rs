@@ -300,8 +300,7 @@ impl Owner {
                 break;
             }
         }
-        let consumer = &self.consumer;
-        let left = chime_kafka::group::serve_until_left(consumer, deadline, || {});
+        let left = chime_kafka::group::serve_until_left(&self.consumer, deadline);
         let _ = self.apply_group_events();
         if left {
             tracing::info!("engine left the group");
