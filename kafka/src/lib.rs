@@ -22,5 +22,5 @@ pub mod txn;
 pub use config::{client_config, consumer_config, group_member_config, producer_config};
 pub use group::{GroupContext, GroupEvent};
 pub use probe::KafkaProbe;
-pub use produce::{drain, owned_headers, send_waiting, MessageHeaders};
+pub use produce::{owned_headers, MessageHeaders};
 pub use txn::{OutRecord, Transactional, TxnError};

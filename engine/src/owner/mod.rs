@@ -217,7 +217,10 @@ impl Owner {
             if until <= now {
                 return Ok(());
             }
-            match self.consumer.poll(until - now) {
+            // Whole milliseconds, rounded up: librdkafka takes its timeout
+            // in ms, so a wait under 1 ms would be a non-blocking poll, and
+            // the loop would spin (reading the clock) until `until`.
+            match self.consumer.poll(ceil_ms(until - now)) {
                 None => {}
                 Some(Ok(m)) => {
                     first_record_at.get_or_insert(now);
@@ -308,6 +311,11 @@ impl Owner {
             tracing::warn!("engine stopped without its leave request sent; its partitions move after the session timeout");
         }
     }
+}
+
+/// `d` rounded up to whole milliseconds.
+fn ceil_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_micros().div_ceil(1000) as u64)
 }
 
 fn transactional_producer(config: &EngineConfig) -> Transactional {
