@@ -15,7 +15,17 @@ cases stay negative; schemathesis re-validates a case after this hook):
 * byte limits: an id or callback body within the schema's character limit
   but over the byte limit (multi-byte characters) is cut to fit;
 * `retry`: `initial_backoff_ms` above `max_backoff_ms` is swapped;
-* the original API: hours + minutes + seconds beyond 3,660 days is cut.
+* the original API: hours + minutes + seconds beyond 3,660 days is cut;
+* schedules: a `cron` string becomes one of a few valid expressions that
+  fire often, a `time_zone` string a real IANA name, `start_at` / `end_at`
+  times move into the accepted window (start within a minute, end a month
+  ahead), a long `every_ms` is shortened so an occurrence falls before
+  `end_at`, and the id is cut to 235 bytes;
+* listings: a `cursor` that no earlier page of this run gave is dropped
+  (cursors are opaque: the API refuses any other);
+* numbers: a float with no fractional part (`3955.0`, which JSON Schema
+  counts as an integer) is sent as the integer, when it is one exactly
+  (below 2^53): the API reads integer fields from JSON integers only.
 
 After a create answered 201 it waits (at most 5 s) until the timer's status
 is no longer 404, so the stateful checks that read a timer right after
@@ -24,7 +34,8 @@ to read `chime.timers`. That moment is issue #12's finding 1
 (read-your-write), fixed on the engine's side; once it is, this wait ends at
 the first read.
 
-`DELETE /v1/timers/{id}` cancels: the timer stays readable, as `cancelled`
+`DELETE /v1/timers/{id}` (and `/v1/schedules/{id}`) cancels: the timer
+(schedule) stays readable, as `cancelled`
 (or as `fired`, when the cancel came after the fire: a no-op) until it is
 forgotten an hour later — a documented design choice (docs/api.md, Cancel),
 not a use-after-free. So the one failure this module drops is
@@ -154,13 +165,63 @@ def _fix_legacy(body):
                     body[key] = value
 
 
+def _integral_floats_as_ints(value):
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in list(items):
+        if isinstance(item, float) and item.is_integer() and abs(item) < 2**53:
+            value[key] = int(item)
+        elif isinstance(item, (dict, list)):
+            _integral_floats_as_ints(item)
+
+
+MAX_SCHEDULE_ID_BYTES = MAX_ID_BYTES - 21
+CRONS = ["*/5 * * * * *", "*/10 * * * *", "0 * * * *", "@hourly"]
+ZONES = ["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata"]
+_cursors = set()
+
+
+def _at(seconds):
+    at = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=seconds)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+def _fix_schedule(body):
+    if not isinstance(body, dict):
+        return
+    if isinstance(body.get("id"), str) and len(body["id"]) <= MAX_SCHEDULE_ID_BYTES:
+        body["id"] = _cut(body["id"], MAX_SCHEDULE_ID_BYTES)
+    if isinstance(body.get("cron"), str):
+        body["cron"] = random.choice(CRONS)
+    if isinstance(body.get("time_zone"), str):
+        body["time_zone"] = random.choice(ZONES)
+    if isinstance(body.get("start_at"), str) and RFC3339.match(body["start_at"]):
+        body["start_at"] = _at(random.choice([0, 5, 60]))
+    if isinstance(body.get("end_at"), str) and RFC3339.match(body["end_at"]):
+        body["end_at"] = _at(30 * 86400)
+        every = body.get("every_ms")
+        if _number(every) and every > 86400 * 1000:
+            body["every_ms"] = 1000 + int(every) % (86400 * 1000)
+    _fix_create({"callback": body.get("callback"), "retry": body.get("retry")})
+
+
 @schemathesis.hook
 def before_call(context, case, kwargs):
+    query = case.query
+    if (
+        case.method.upper() == "GET"
+        and case.operation.path in ("/v1/timers", "/v1/schedules")
+        and isinstance(query, dict)
+        and "cursor" in query
+        and query["cursor"] not in _cursors
+    ):
+        del query["cursor"]
     params = case.path_parameters
     if isinstance(params, dict) and isinstance(params.get("id"), str) and len(params["id"]) <= MAX_ID_BYTES:
         params["id"] = _cut(params["id"], MAX_ID_BYTES)
     if case.method.upper() != "POST":
         return
+    if isinstance(case.body, (dict, list)):
+        _integral_floats_as_ints(case.body)
     path = case.operation.path
     if path == "/v1/timers":
         _fix_create(case.body)
@@ -170,6 +231,8 @@ def before_call(context, case, kwargs):
             _fix_create(item)
     elif path == "/timers":
         _fix_legacy(case.body)
+    elif path == "/v1/schedules":
+        _fix_schedule(case.body)
 
 
 def _status_path(case, response):
@@ -212,10 +275,28 @@ def _wait(url, done):
 
 @schemathesis.hook
 def after_call(context, case, response):
+    if case.method.upper() == "GET" and response.status_code == 200:
+        try:
+            cursor = response.json().get("next_cursor")
+        except Exception:
+            cursor = None
+        if isinstance(cursor, str):
+            _cursors.add(cursor)
     base = response.request.url.split("/v1/timers")[0].split("/timers")[0]
     path = _status_path(case, response)
     if path is not None:
         _wait(base + path, lambda status, _: status != 404)
+    elif (
+        case.method.upper() == "DELETE"
+        and case.operation.path == "/v1/schedules/{id}"
+        and response.status_code == 202
+    ):
+        _wait(
+            response.request.url,
+            lambda status, answer: status != 200
+            or not isinstance(answer, dict)
+            or answer.get("state") not in ("active", "paused"),
+        )
     elif (
         case.method.upper() == "DELETE"
         and case.operation.path == "/v1/timers/{id}"
@@ -237,4 +318,4 @@ def filter_failure(context, failure, case, response):
         state = response.json().get("state")
     except Exception:
         return True
-    return state not in ("cancelled", "fired")
+    return state not in ("cancelled", "fired", "completed")

@@ -373,7 +373,78 @@ fn schemas() -> Vec<(&'static str, Value)> {
             "limit": {"type": "integer", "minimum": 0, "description": "The limit exceeded, for 413s."},
         },
     });
+    let schedule_id = json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": chime_wire::schedule::MAX_SCHEDULE_ID_BYTES,
+        "pattern": r"^[^\u0000-\u001f\u007f-\u009f]+$",
+    });
+    let schedule = json!({
+        "type": "object",
+        "description": "Body of `POST /v1/schedules`. Give exactly one of `cron` (with an \
+                        optional `time_zone`) and `every_ms`; `null` for an optional field \
+                        means the same as leaving it out. What JSON Schema cannot say, the \
+                        API checks and names in a 400: the cron syntax, the time zone's IANA \
+                        name, an id of at most 235 bytes, `start_at` at most 3,660 days ahead, \
+                        `end_at` not in the past and not before `start_at`, and a first \
+                        occurrence within 3,660 days and before `end_at`.",
+        "additionalProperties": false,
+        "required": ["callback"],
+        "oneOf": [
+            {"required": ["cron"], "properties": {"cron": {"type": "string"}, "every_ms": {"type": "null"}}},
+            {"required": ["every_ms"], "properties": {"every_ms": {"type": "integer"}, "cron": {"type": "null"}, "time_zone": {"type": "null"}}},
+        ],
+        "properties": {
+            "id": {
+                "anyOf": [schedule_id, {"type": "null"}],
+                "description": "Client-chosen id (1 to 235 bytes, no control characters); \
+                                generated when absent.",
+            },
+            "cron": {
+                "type": ["string", "null"],
+                "description": "`minute hour day-of-month month day-of-week`, or six fields \
+                                with seconds first; names, `L`, `W`, `#` and `@daily`-style \
+                                nicknames work.",
+                "example": "0 9 * * MON-FRI",
+            },
+            "time_zone": {
+                "type": ["string", "null"],
+                "description": "IANA time zone the cron is read in; `UTC` when absent.",
+                "example": "Europe/Paris",
+            },
+            "every_ms": nullable_int(1000, horizon_ms, "Instead of `cron`: every this many milliseconds."),
+            "start_at": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "RFC 3339; no occurrence before it (for `every_ms`, the first occurrence).",
+            },
+            "end_at": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "RFC 3339; no occurrence after it.",
+            },
+            "max_count": nullable_int(1, u64::MAX, "The schedule ends after this many occurrences."),
+            "catch_up": {
+                "type": ["object", "null"],
+                "additionalProperties": false,
+                "description": "Which occurrences missed while chime could not fire them fire later.",
+                "properties": {
+                    "policy": {"enum": ["latest", "all", "none"], "default": "latest"},
+                    "window_ms": {"type": "integer", "minimum": 0, "maximum": horizon_ms, "default": 60000},
+                },
+            },
+            "callback": {"$ref": "#/components/schemas/Callback"},
+            "retry": {"$ref": "#/components/schemas/RetryPolicy"},
+        },
+        "example": {
+            "id": "daily-report",
+            "cron": "0 9 * * MON-FRI",
+            "time_zone": "Europe/Paris",
+            "callback": {"url": "http://127.0.0.1:9000/report"},
+        },
+    });
     vec![
+        ("CreateSchedule", schedule),
         ("Callback", callback),
         ("RetryPolicy", retry),
         ("CreateTimer", create),

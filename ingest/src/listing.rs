@@ -34,8 +34,10 @@ pub const DEFAULT_LIMIT: usize = 100;
 #[into_params(parameter_in = Query)]
 pub struct TimersQuery {
     /// Which timers: `pending` (the only state that can be listed; the default).
+    #[param(pattern = "^pending$")]
     pub state: Option<String>,
     /// Items per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -47,8 +49,10 @@ pub struct TimersQuery {
 pub struct SchedulesQuery {
     /// Only schedules in this state: `active`, `paused`, `completed` or
     /// `cancelled` (ended ones are listed for an hour); all when absent.
+    #[param(pattern = "^(active|paused|completed|cancelled)$")]
     pub state: Option<String>,
     /// Items per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,

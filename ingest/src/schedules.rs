@@ -66,12 +66,14 @@ pub struct CreateSchedule {
     /// The schedule ends after this many occurrences fired (≥ 1).
     pub max_count: Option<u64>,
     /// What happens to occurrences missed while chime could not fire them.
+    #[serde(default, deserialize_with = "chime_wire::command::optional_object")]
     #[schema(value_type = Option<CatchUpSchema>)]
     pub catch_up: Option<CatchUp>,
+    #[serde(deserialize_with = "chime_wire::command::object")]
     #[schema(value_type = crate::docs::CallbackSchema)]
     pub callback: Callback,
     /// How each occurrence's failed callbacks are retried.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "chime_wire::command::null_or_object")]
     #[schema(value_type = crate::docs::RetryPolicySchema)]
     pub retry: RetryPolicy,
 }

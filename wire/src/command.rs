@@ -78,6 +78,15 @@ where
         .unwrap_or_default())
 }
 
+/// An optional struct field: `null` or absent is `None`, else a JSON object.
+pub fn optional_object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Object<T>>::deserialize(deserializer)?.map(|o| o.0))
+}
+
 /// Asks for a map where a struct is asked for; everything else as is.
 struct MapOnly<D>(D);
 

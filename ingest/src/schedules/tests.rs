@@ -134,3 +134,22 @@ fn bad_input_names_the_field() {
         "no occurrence between start and end"
     );
 }
+
+#[test]
+fn nested_settings_must_be_objects_not_arrays() {
+    // serde's derived structs would also read `[null, null]` as the fields
+    // in order; the API documents objects.
+    for (key, value) in [
+        ("retry", serde_json::json!([null, null])),
+        ("catch_up", serde_json::json!(["all", 1000])),
+        ("callback", serde_json::json!(["http://127.0.0.1:9/x"])),
+    ] {
+        let mut body =
+            serde_json::json!({"every_ms": 1000, "callback": {"url": "http://127.0.0.1:9/x"}});
+        body[key] = value;
+        let text = body.to_string();
+        let e = crate::body::parse_body::<CreateSchedule>(text.as_bytes())
+            .expect_err("an array where an object belongs is refused");
+        assert_eq!(e.body.field.as_deref(), Some(key), "{text}: {e:?}");
+    }
+}
