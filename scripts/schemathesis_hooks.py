@@ -22,10 +22,7 @@ cases stay negative; schemathesis re-validates a case after this hook):
   ahead), a long `every_ms` is shortened so an occurrence falls before
   `end_at`, and the id is cut to 235 bytes;
 * listings: a `cursor` that no earlier page of this run gave is dropped
-  (cursors are opaque: the API refuses any other);
-* numbers: a float with no fractional part (`3955.0`, which JSON Schema
-  counts as an integer) is sent as the integer, when it is one exactly
-  (below 2^53): the API reads integer fields from JSON integers only.
+  (cursors are opaque: the API refuses any other).
 
 After a create answered 201 it waits (at most 5 s) until the timer's status
 is no longer 404, so the stateful checks that read a timer right after
@@ -165,15 +162,6 @@ def _fix_legacy(body):
                     body[key] = value
 
 
-def _integral_floats_as_ints(value):
-    items = value.items() if isinstance(value, dict) else enumerate(value)
-    for key, item in list(items):
-        if isinstance(item, float) and item.is_integer() and abs(item) < 2**53:
-            value[key] = int(item)
-        elif isinstance(item, (dict, list)):
-            _integral_floats_as_ints(item)
-
-
 MAX_SCHEDULE_ID_BYTES = MAX_ID_BYTES - 21
 CRONS = ["*/5 * * * * *", "*/10 * * * *", "0 * * * *", "@hourly"]
 ZONES = ["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata"]
@@ -220,8 +208,6 @@ def before_call(context, case, kwargs):
         params["id"] = _cut(params["id"], MAX_ID_BYTES)
     if case.method.upper() != "POST":
         return
-    if isinstance(case.body, (dict, list)):
-        _integral_floats_as_ints(case.body)
     path = case.operation.path
     if path == "/v1/timers":
         _fix_create(case.body)

@@ -58,12 +58,14 @@ pub struct CreateSchedule {
     pub time_zone: Option<String>,
     /// Instead of `cron`: every this many milliseconds (at least 1000),
     /// counted from `start_at` (default: now + every_ms).
+    #[serde(default, deserialize_with = "chime_wire::command::opt_whole")]
     pub every_ms: Option<u64>,
     /// RFC 3339; no occurrence before it. For `every_ms`, the first occurrence.
     pub start_at: Option<String>,
     /// RFC 3339; no occurrence after it.
     pub end_at: Option<String>,
     /// The schedule ends after this many occurrences fired (≥ 1).
+    #[serde(default, deserialize_with = "chime_wire::command::opt_whole")]
     pub max_count: Option<u64>,
     /// What happens to occurrences missed while chime could not fire them.
     #[serde(default, deserialize_with = "chime_wire::command::optional_object")]

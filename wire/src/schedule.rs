@@ -78,7 +78,7 @@ pub struct CatchUp {
     pub policy: CatchUpPolicy,
     /// Overdue occurrences all fire when the oldest is at most this late;
     /// past it the policy applies.
-    #[serde(default = "default_window")]
+    #[serde(default = "default_window", deserialize_with = "crate::command::whole")]
     pub window_ms: u64,
 }
 

@@ -153,3 +153,17 @@ fn nested_settings_must_be_objects_not_arrays() {
         assert_eq!(e.body.field.as_deref(), Some(key), "{text}: {e:?}");
     }
 }
+
+#[test]
+fn whole_number_floats_are_integers() {
+    // JSON Schema's `integer` includes 3000.0; so does the API.
+    let text = r#"{"every_ms": 3000.0, "max_count": 2.0, "catch_up": {"window_ms": 5e3},
+                   "callback": {"url": "http://127.0.0.1:9/x"}}"#;
+    let req = crate::body::parse_body::<CreateSchedule>(text.as_bytes()).expect("accepted");
+    assert_eq!(req.every_ms, Some(3000));
+    assert_eq!(req.max_count, Some(2));
+    assert_eq!(req.catch_up.map(|c| c.window_ms), Some(5000));
+    let half = r#"{"every_ms": 3000.5, "callback": {"url": "http://127.0.0.1:9/x"}}"#;
+    let e = crate::body::parse_body::<CreateSchedule>(half.as_bytes()).expect_err("not whole");
+    assert_eq!(e.body.field.as_deref(), Some("every_ms"));
+}
