@@ -642,7 +642,7 @@ async fn broker_kill_loses_nothing_and_fires_nothing_twice() {
 /// Restart every broker in turn (SIGTERM, start, wait until every replica is
 /// in sync again), the active controller last, under the same load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open finding: in its one complete run (load average 24-30) 4,855 of 175,092 acknowledged timers, due around the first restart, were not called back within 300 s; run by name with --ignored until it is understood (docs/operations.md)"]
+#[ignore = "not in scripts/test yet: its first run lost callbacks (a librdkafka hang, since worked around), its one run after the fix lost nothing; it takes 3.6 min and its callback backlog nears the 300 s drain on 2 cores (docs/operations.md); run by name with --ignored"]
 async fn rolling_restart_loses_nothing_and_fires_nothing_twice() {
     common::init_logging();
     let cluster = Cluster::start().await;
