@@ -9,12 +9,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use chime_ingest::IngestConfig;
 use chime_wire::time::now_ms;
 use chime_wire::{Callback, DeadLetter, RetryPolicy, TimerCommand, TimerSpec, Topics};
+use common::api::{count_keys, eventually};
 use common::{bootstrap, init_logging, read_topic, unique_prefix, Chime, Receiver, PARTITIONS};
 
 struct Answer {
@@ -109,67 +107,6 @@ struct Ingest {
 impl Drop for Ingest {
     fn drop(&mut self) {
         self.shutdown.cancel();
-    }
-}
-
-/// How many records of `topic` have each of `keys`, reading to the end.
-fn count_keys(topic: &str, keys: &[&str]) -> Vec<usize> {
-    let consumer: BaseConsumer = chime_kafka::client_config(&bootstrap(), "test-counter")
-        .set(
-            "group.id",
-            format!("counter-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = Vec::new();
-    for p in 0..PARTITIONS {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .expect("watermarks");
-        ends.push(high);
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut counts = vec![0; keys.len()];
-    let mut positions = vec![0i64; PARTITIONS as usize];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // The consumer's position, not the last record's offset: a partition
-    // written in transactions (the dispatchers' outcome records) ends with
-    // a commit marker, which is never delivered as a record.
-    let position = |p: i32| match consumer.position().ok()?.find_partition(topic, p)?.offset() {
-        Offset::Offset(o) => Some(o),
-        _ => None,
-    };
-    while (0..PARTITIONS)
-        .any(|p| positions[p as usize].max(position(p).unwrap_or(0)) < ends[p as usize])
-    {
-        assert!(Instant::now() < deadline, "could not read {topic}");
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            positions[m.partition() as usize] = m.offset() + 1;
-            if let Some(i) = keys.iter().position(|k| Some(k.as_bytes()) == m.key()) {
-                counts[i] += 1;
-            }
-        }
-    }
-    counts
-}
-
-/// Polls `check` until it returns Some, or panics naming `what` after `timeout`.
-async fn eventually<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
