@@ -647,3 +647,102 @@ async fn sigterm_lets_calls_in_flight_finish_and_commits_them() {
         "uncommitted after shutdown (partition, committed, end): {gaps:?}"
     );
 }
+
+/// A partition handed over past the poller's patience (its calls still in
+/// flight) and then assigned back to the same dispatcher starts clean: the
+/// fires that come after are called back. The cluster tests found the
+/// opposite: the returning assignment reused the old bookkeeping, whose
+/// waits were already abandoned, and 6,996 callbacks were never made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_assigned_back_during_a_slow_handover_lose_no_fire() {
+    let prefix = unique_prefix("dispatch-back");
+    let rig = Rig::topics_only(&prefix).await;
+    // The first call for each /hang/ path is held until released; every
+    // other call is answered at once. Arrivals are recorded by path.
+    let (release, released) = tokio::sync::watch::channel(false);
+    let seen = Arc::new(std::sync::Mutex::new(HashSet::<String>::new()));
+    let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<String>();
+    let app = axum::Router::new().fallback(move |uri: Uri| {
+        let (seen, arrived_tx, mut released) = (seen.clone(), arrived_tx.clone(), released.clone());
+        async move {
+            let path = uri.path().to_string();
+            let first = seen.lock().unwrap().insert(path.clone());
+            let _ = arrived_tx.send(path.clone());
+            if first && path.starts_with("/hang/") {
+                let _ = released.wait_for(|r| *r).await;
+            }
+            StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut arrivals = Vec::new();
+    let mut wait_arrivals =
+        async |arrivals: &mut Vec<String>, what: &str, done: &dyn Fn(&[String]) -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !done(arrivals) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, arrived.recv()).await {
+                    Ok(Some(path)) => arrivals.push(path),
+                    _ => panic!("waited 60 s for {what}; calls so far: {arrivals:?}"),
+                }
+            }
+        };
+
+    let start = |instance: &str| {
+        let mut config = DispatcherConfig::new(&bootstrap(), &prefix);
+        config.instance_id = instance.into();
+        config.addresses.allow = vec!["127.0.0.0/8".parse().unwrap()];
+        config.session_timeout = Duration::from_secs(6);
+        // Patience (grace + 1 s) runs out long before the held calls end.
+        config.shutdown_grace = Duration::from_millis(500);
+        config.request_timeout = Duration::from_secs(120);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(chime_dispatcher::serve(config, shutdown.clone()));
+        (shutdown, task)
+    };
+    for p in 0..common::PARTITIONS {
+        let id = format!("hang-{p}");
+        rig.fire(&timer(&id, format!("{base}/hang/{id}")), Some(p))
+            .await;
+    }
+    let (stop_a, a) = start("back-a");
+    let hung = common::PARTITIONS as usize;
+    wait_arrivals(&mut arrivals, "a call per partition, held", &|a| {
+        a.len() >= hung
+    })
+    .await;
+
+    // B joins: A hands some partitions over with their calls still held,
+    // B calls those fires again (answered at once) and commits them.
+    let (stop_b, b) = start("back-b");
+    wait_arrivals(&mut arrivals, "a held fire called again by b", &|a| {
+        a.len() > hung
+    })
+    .await;
+    // B leaves: its partitions go back to A, whose old calls are still held.
+    stop_b.cancel();
+    b.await.expect("b's task").expect("b ran cleanly");
+
+    let mut next = HashSet::new();
+    for p in 0..common::PARTITIONS {
+        for i in 0..3 {
+            let id = format!("next-{p}-{i}");
+            let mut spec = timer(&id, format!("{base}/next/{id}"));
+            spec.fire_at_ms = now_ms() + 1_500;
+            rig.fire(&spec, Some(p)).await;
+            next.insert(format!("/next/{id}"));
+        }
+    }
+    wait_arrivals(
+        &mut arrivals,
+        "every fire after the partitions came back",
+        &|a| next.iter().all(|n| a.contains(n)),
+    )
+    .await;
+
+    let _ = release.send(true);
+    stop_a.cancel();
+    a.await.expect("a's task").expect("a ran cleanly");
+}

@@ -136,7 +136,11 @@ struct Track {
 
 /// Partitions being handed over: answered once they are idle and committed.
 struct Handover {
-    partitions: Vec<i32>,
+    /// Each partition, with the epoch of its track when the handover began
+    /// (`None`: nothing taken yet). A handover acts only on those tracks: the
+    /// poller stops waiting after its patience, and a partition assigned
+    /// again after that has a new track the old handover must not touch.
+    partitions: Vec<(i32, Option<u64>)>,
     done: std_mpsc::SyncSender<()>,
     /// Past this, their remaining waits are abandoned.
     deadline: Instant,
@@ -223,7 +227,7 @@ pub async fn serve(config: DispatcherConfig, shutdown: CancellationToken) -> any
             _ = commit_tick.tick(), if d.commit_task.is_none() => d.start_commit(),
             event = polled.recv() => match event {
                 Some(Polled::Record(fire)) => d.start(*fire),
-                Some(Polled::Assigned(_)) => {}
+                Some(Polled::Assigned(partitions)) => d.assigned(&partitions),
                 Some(Polled::Revoking { partitions, done }) => d.begin_handover(partitions, done),
                 Some(Polled::Stopped) | None => break,
             },
@@ -240,6 +244,15 @@ pub async fn serve(config: DispatcherConfig, shutdown: CancellationToken) -> any
     drop(poller);
     tracing::info!("dispatcher stopped");
     Ok(())
+}
+
+/// The track a handover covers: the partition's, if it is still of the
+/// epoch the handover began with.
+fn track_of<'a>(
+    tracks: &'a HashMap<i32, Track>,
+    (p, epoch): &(i32, Option<u64>),
+) -> Option<&'a Track> {
+    tracks.get(p).filter(|t| Some(t.progress.epoch) == *epoch)
 }
 
 impl Dispatcher {
@@ -350,6 +363,10 @@ impl Dispatcher {
 
     /// `partitions` are being revoked: wait for their calls, then commit.
     fn begin_handover(&mut self, partitions: Vec<i32>, done: std_mpsc::SyncSender<()>) {
+        let partitions = partitions
+            .into_iter()
+            .map(|p| (p, self.tracks.get(&p).map(|t| t.progress.epoch)))
+            .collect();
         self.handovers.push(Handover {
             partitions,
             done,
@@ -371,8 +388,8 @@ impl Dispatcher {
             // loop again (it would spin, logging this for every turn).
             h.abandoned = true;
             for p in &h.partitions {
-                if let Some(track) = self.tracks.get(p) {
-                    tracing::warn!(partition = p, in_flight = track.progress.in_flight(),
+                if let Some(track) = track_of(&self.tracks, p) {
+                    tracing::warn!(partition = p.0, in_flight = track.progress.in_flight(),
                         "handover grace over; what is still waiting is re-delivered by the next owner");
                     track.abandon.cancel();
                 }
@@ -388,7 +405,7 @@ impl Dispatcher {
         let idle = |d: &Dispatcher, h: &Handover| {
             h.partitions
                 .iter()
-                .all(|p| d.tracks.get(p).is_none_or(|t| t.progress.in_flight() == 0))
+                .all(|p| track_of(&d.tracks, p).is_none_or(|t| t.progress.in_flight() == 0))
         };
         let (ready, waiting): (Vec<Handover>, Vec<Handover>) = std::mem::take(&mut self.handovers)
             .into_iter()
@@ -409,10 +426,36 @@ impl Dispatcher {
     fn finish_handovers(&mut self) {
         for h in std::mem::take(&mut self.committing_handovers) {
             for p in &h.partitions {
-                self.tracks.remove(p);
-                self.paused.remove(p);
+                if track_of(&self.tracks, p).is_some() {
+                    self.tracks.remove(&p.0);
+                    self.paused.remove(&p.0);
+                }
             }
             let _ = h.done.send(());
+        }
+    }
+
+    /// `partitions` were assigned. A track still here from an earlier
+    /// assignment belongs to a handover the poller stopped waiting for (past
+    /// its patience): it goes, so the new assignment starts clean — its
+    /// records, read again from the committed offset, get a new epoch and
+    /// waits nothing has abandoned, and the old calls' ends are ignored.
+    /// Reusing the old track lost callbacks: its waits were already
+    /// abandoned, and when its handover ended it removed the new
+    /// assignment's progress, so a later commit skipped what was abandoned.
+    fn assigned(&mut self, partitions: &[i32]) {
+        for &p in partitions {
+            if let Some(old) = self.tracks.remove(&p) {
+                tracing::warn!(
+                    partition = p,
+                    in_flight = old.progress.in_flight(),
+                    "partition assigned again before its handover ended; its calls in flight are re-delivered"
+                );
+                old.abandon.cancel();
+            }
+            if self.paused.remove(&p) {
+                self.pause_or_resume(p, false);
+            }
         }
     }
 
@@ -462,9 +505,13 @@ impl Dispatcher {
         self.committer = Some(committer);
         match result {
             Ok(()) => {
-                for (p, point) in batch.offsets {
-                    if let Some(track) = self.tracks.get_mut(&p) {
-                        track.progress.committed(point);
+                // `offsets` and `outputs` are pushed together, a pair per partition.
+                for ((p, point), outputs) in batch.offsets.iter().zip(&batch.outputs) {
+                    match self.tracks.get_mut(p) {
+                        Some(track) if track.progress.epoch == outputs.epoch => {
+                            track.progress.committed(*point)
+                        }
+                        _ => {}
                     }
                 }
             }
