@@ -41,6 +41,16 @@ pub struct ChimeProcess {
     log_from: u64,
 }
 
+/// The `chime` binary the tests run: `CHIME_TEST_BIN` when set (scripts/test
+/// sets it to the release build, so the process tests run chime as it is
+/// deployed and keep up with their load on a 2-core machine), else the debug
+/// build cargo made for this test.
+pub fn chime_binary() -> std::path::PathBuf {
+    std::env::var_os("CHIME_TEST_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_chime").into())
+}
+
 impl ChimeProcess {
     /// Starts `chime <args…>` against the test broker, allowed to call
     /// loopback receivers, logging JSON to `<name>.log`.
@@ -62,7 +72,7 @@ impl ChimeProcess {
         let log_from = file.metadata().map(|m| m.len()).unwrap_or(0);
         let level = std::env::var("CHIME_TEST_CHILD_LOG")
             .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into());
-        let child = Command::new(env!("CARGO_BIN_EXE_chime"))
+        let child = Command::new(chime_binary())
             .args(args)
             .env("CHIME_KAFKA_BOOTSTRAP", bootstrap())
             .env("CHIME_CALLBACK_ALLOW", "127.0.0.0/8")
