@@ -11,7 +11,7 @@
 //! its own, so the owner loop keeps firing its other partitions meanwhile.
 
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -43,24 +43,24 @@ pub struct Rebuilt {
     pub took: Duration,
 }
 
-/// Rebuilds `partitions` on a new thread; the result is sent on `done`.
 /// Rebuilds `partitions` on a new thread, after `delay`; the result (or
 /// why there is none) is sent on `done`.
 pub fn spawn(
     config: &EngineConfig,
+    offsets: &Arc<OffsetsReader>,
     id: u64,
     partitions: Vec<i32>,
     delay: Duration,
     done: mpsc::Sender<Rebuilt>,
 ) {
-    let config = config.clone();
+    let (config, offsets) = (config.clone(), Arc::clone(offsets));
     let (parts, report) = (partitions.clone(), done.clone());
     let spawned = std::thread::Builder::new()
         .name("chime-rebuild".into())
         .spawn(move || {
             std::thread::sleep(delay);
             let started = Instant::now();
-            let result = rebuild(&config, &partitions);
+            let result = rebuild(&config, &offsets, &partitions);
             release_freed_memory();
             let _ = done.send(Rebuilt {
                 id,
@@ -97,8 +97,12 @@ fn release_freed_memory() {
 /// Several partitions are read by several readers at once (one per core):
 /// the per-record cost is on the reading thread, so one reader would leave
 /// the machine's other cores idle during a rebuild.
-fn rebuild(config: &EngineConfig, partitions: &[i32]) -> anyhow::Result<Vec<PartitionState>> {
-    let committed = committed_offsets(config, partitions)?;
+fn rebuild(
+    config: &EngineConfig,
+    offsets: &OffsetsReader,
+    partitions: &[i32],
+) -> anyhow::Result<Vec<PartitionState>> {
+    let committed = offsets.committed(partitions)?;
     let now = chime_wire::time::now_ms();
     let readers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -141,33 +145,47 @@ fn rebuild(config: &EngineConfig, partitions: &[i32]) -> anyhow::Result<Vec<Part
         .collect()
 }
 
-/// The group's committed input offsets (next offset to apply), asked through
-/// a consumer outside the group: the group member's own state machine stalls
-/// for seconds when the application queries offsets while librdkafka is
-/// starting newly assigned partitions.
-fn committed_offsets(
-    config: &EngineConfig,
-    partitions: &[i32],
-) -> anyhow::Result<HashMap<i32, i64>> {
-    let reader: BaseConsumer = chime_kafka::consumer_config(
-        &config.bootstrap,
-        &format!("{}-offsets", config.client_id()),
-        &config.group_id,
-    )
-    .create()?;
-    let topic = &config.topics.timers;
-    let mut tpl = TopicPartitionList::new();
-    for &p in partitions {
-        tpl.add_partition(topic, p);
-    }
-    let committed = reader.committed_offsets(tpl, OFFSETS_TIMEOUT)?;
-    Ok(partitions
-        .iter()
-        .filter_map(|&p| match committed.find_partition(topic, p)?.offset() {
-            Offset::Offset(o) => Some((p, o)),
-            _ => None,
+/// Reads the group's committed input offsets (next offset to apply)
+/// through a consumer outside the group: the group member's own state
+/// machine stalls for seconds when the application queries offsets while
+/// librdkafka is starting newly assigned partitions. One per engine, made
+/// once: a new client per rebuild cost ~100 ms of connecting and finding the
+/// group's coordinator on every failover.
+pub struct OffsetsReader {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+impl OffsetsReader {
+    pub fn new(config: &EngineConfig) -> anyhow::Result<OffsetsReader> {
+        let consumer = chime_kafka::consumer_config(
+            &config.bootstrap,
+            &format!("{}-offsets", config.client_id()),
+            &config.group_id,
+        )
+        .create()?;
+        Ok(OffsetsReader {
+            consumer,
+            topic: config.topics.timers.clone(),
         })
-        .collect())
+    }
+
+    fn committed(&self, partitions: &[i32]) -> anyhow::Result<HashMap<i32, i64>> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            tpl.add_partition(&self.topic, p);
+        }
+        let committed = self.consumer.committed_offsets(tpl, OFFSETS_TIMEOUT)?;
+        Ok(partitions
+            .iter()
+            .filter_map(
+                |&p| match committed.find_partition(&self.topic, p)?.offset() {
+                    Offset::Offset(o) => Some((p, o)),
+                    _ => None,
+                },
+            )
+            .collect())
+    }
 }
 
 /// One partition's state as its changelog says.
@@ -202,6 +220,7 @@ fn load(
     let consumer: BaseConsumer<QuietEof> = chime_kafka::consumer_config(
         &config.bootstrap,
         &format!("{}-changelog", config.client_id()),
+        // Never joined nor committed to; librdkafka's assign needs a group id.
         &format!("{}-changelog-reader", config.group_id),
     )
     .set("enable.partition.eof", "true")
@@ -210,9 +229,15 @@ fn load(
     // Bounds what the reader buffers ahead of the rebuild (default 64 MiB).
     .set("queued.max.messages.kbytes", "32768")
     .create_with_context(QuietEof)?;
+    // From offset 0, not `Offset::Beginning`: a logical offset is resolved
+    // by a query that, asked before this new client knows the partition's
+    // leader, librdkafka retries only 500 ms later — half a second added to
+    // every rebuild. A compacted changelog keeps offset 0 as its start; were
+    // it gone (records deleted by hand), `auto.offset.reset=earliest` reads
+    // from the first offset there is.
     let mut tpl = TopicPartitionList::new();
     for &p in partitions {
-        tpl.add_partition_offset(&config.topics.changelog, p, Offset::Beginning)?;
+        tpl.add_partition_offset(&config.topics.changelog, p, Offset::Offset(0))?;
     }
     consumer.assign(&tpl)?;
 
@@ -294,6 +319,11 @@ fn load(
             }
         }
     }
+    // Closing a client waits for its threads (~100 ms): not on the way to
+    // the partitions going live.
+    let _ = std::thread::Builder::new()
+        .name("chime-rebuild-close".into())
+        .spawn(move || drop(consumer));
     let pending: usize = wheels.values().map(|(w, _, _)| w.len()).sum();
     tracing::info!(
         ?partitions,

@@ -24,7 +24,7 @@ mod commit;
 mod partitions;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -40,7 +40,7 @@ use chime_wheel::Expired;
 use chime_wire::time::now_ms;
 
 use crate::partition::InputRecord;
-use crate::rebuild::Rebuilt;
+use crate::rebuild::{OffsetsReader, Rebuilt};
 use crate::record::TimerRecord;
 use crate::status::EngineStatus;
 use crate::EngineConfig;
@@ -91,6 +91,7 @@ pub struct Owner {
     next_rebuild: u64,
     rebuilt_tx: mpsc::Sender<Rebuilt>,
     rebuilt_rx: mpsc::Receiver<Rebuilt>,
+    offsets_reader: Arc<OffsetsReader>,
     /// The input offset last committed per partition.
     committed: HashMap<i32, i64>,
     /// Partitions sitting out after their records were not delivered: until
@@ -133,6 +134,7 @@ impl Owner {
             settings.create_with_context(GroupContext::new(&config.topics.timers, "engine"))?;
         let txn = transactional_producer(&config);
         let (rebuilt_tx, rebuilt_rx) = mpsc::channel();
+        let offsets_reader = Arc::new(OffsetsReader::new(&config)?);
         Ok(Owner {
             config,
             consumer,
@@ -145,6 +147,7 @@ impl Owner {
             next_rebuild: 0,
             rebuilt_tx,
             rebuilt_rx,
+            offsets_reader,
             committed: HashMap::new(),
             stalled: BTreeMap::new(),
             last_commit: Instant::now(),

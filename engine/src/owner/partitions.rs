@@ -156,7 +156,14 @@ impl Owner {
         }
         drop(owned);
         tracing::info!(partitions = ?parts, "rebuilding partitions");
-        rebuild::spawn(&self.config, id, parts, delay, self.rebuilt_tx.clone());
+        rebuild::spawn(
+            &self.config,
+            &self.offsets_reader,
+            id,
+            parts,
+            delay,
+            self.rebuilt_tx.clone(),
+        );
     }
 
     /// Makes the partitions of every finished rebuild Live (those still ours
