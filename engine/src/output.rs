@@ -93,7 +93,10 @@ impl Output {
                     fire_at_ms: *fire_at_ms,
                     command,
                 };
-                txn.send(partition, changelog(topics, partition, id, record))
+                txn.send(
+                    partition,
+                    changelog(topics, partition, id, record.value(), record.headers()),
+                )
             }
             Output::Fired {
                 timer,
@@ -114,11 +117,29 @@ impl Output {
                 let tombstone = ChangelogRecord::Finished(Some(Finished::Fired {
                     fire_at_ms: *fire_at_ms,
                 }));
-                txn.send(partition, changelog(topics, partition, id, tombstone))
+                txn.send(
+                    partition,
+                    changelog(
+                        topics,
+                        partition,
+                        id,
+                        tombstone.value(),
+                        tombstone.headers(),
+                    ),
+                )
             }
             Output::Cancelled { id } => {
                 let tombstone = ChangelogRecord::Finished(Some(Finished::Cancelled));
-                txn.send(partition, changelog(topics, partition, id, tombstone))
+                txn.send(
+                    partition,
+                    changelog(
+                        topics,
+                        partition,
+                        id,
+                        tombstone.value(),
+                        tombstone.headers(),
+                    ),
+                )
             }
             Output::Revoke { id, fire_at_ms } => {
                 let revoke = Revoke {
@@ -188,44 +209,36 @@ impl Output {
                     next_at_ms: *next_at_ms,
                     state,
                 };
-                txn.send(partition, schedule_changelog(topics, partition, id, record))
+                txn.send(
+                    partition,
+                    changelog(topics, partition, id, record.value(), record.headers()),
+                )
             }
             Output::ScheduleGone { id, end } => {
                 let record = ScheduleRecord::Ended(*end);
-                txn.send(partition, schedule_changelog(topics, partition, id, record))
+                txn.send(
+                    partition,
+                    changelog(topics, partition, id, record.value(), record.headers()),
+                )
             }
         }
     }
 }
 
-/// The changelog record `record` for schedule `id` of `partition`.
-fn schedule_changelog<'a>(
-    topics: &'a Topics,
-    partition: i32,
-    id: &'a [u8],
-    record: ScheduleRecord<'a>,
-) -> OutRecord<'a> {
-    OutRecord {
-        topic: &topics.changelog,
-        partition: Some(partition),
-        key: Some(id),
-        value: record.value(),
-        headers: record.headers(),
-    }
-}
-
-/// The changelog record `record` for timer `id` of `partition`.
+/// A changelog record of `partition` for `id` (a timer's or a schedule's:
+/// both kinds share the changelog, told apart by their headers).
 fn changelog<'a>(
     topics: &'a Topics,
     partition: i32,
     id: &'a [u8],
-    record: ChangelogRecord<'a>,
+    value: Option<&'a [u8]>,
+    headers: HeaderList,
 ) -> OutRecord<'a> {
     OutRecord {
         topic: &topics.changelog,
         partition: Some(partition),
         key: Some(id),
-        value: record.value(),
-        headers: record.headers(),
+        value,
+        headers,
     }
 }

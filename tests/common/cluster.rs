@@ -208,17 +208,7 @@ impl Cluster {
         replication: i32,
     ) -> Vec<PartitionState> {
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let results = self
-            .admin
-            .create_topics([&new], &opts)
-            .await
-            .expect("create topic");
-        for r in results {
-            r.unwrap_or_else(|(name, code)| panic!("creating topic {name}: {code}"));
-        }
-        let mut seen = self.wait_in_sync(&[topic], SETTLE).await;
-        seen.remove(0)
+        self.create_and_wait(new).await
     }
 
     /// Creates `topic` with the replicas of each partition named
@@ -239,6 +229,12 @@ impl Cluster {
         for (key, value) in configs {
             new = new.set(key, value);
         }
+        self.create_and_wait(new).await
+    }
+
+    /// Creates `new` and waits until every partition is led and in sync;
+    /// returns its partitions as then seen.
+    async fn create_and_wait(&self, new: NewTopic<'_>) -> Vec<PartitionState> {
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let results = self
             .admin
@@ -248,7 +244,7 @@ impl Cluster {
         for r in results {
             r.unwrap_or_else(|(name, code)| panic!("creating topic {name}: {code}"));
         }
-        let mut seen = self.wait_in_sync(&[topic], SETTLE).await;
+        let mut seen = self.wait_in_sync(&[new.name], SETTLE).await;
         seen.remove(0)
     }
 
