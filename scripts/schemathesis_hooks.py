@@ -166,6 +166,9 @@ MAX_SCHEDULE_ID_BYTES = MAX_ID_BYTES - 21
 CRONS = ["*/5 * * * * *", "*/10 * * * *", "0 * * * *", "@hourly"]
 ZONES = ["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata"]
 _cursors = set()
+# The states in which a timer or schedule is still live: a 202 to its DELETE
+# is followed by waiting until its status leaves them, so later cases see it gone.
+_LIVE_STATES = {"/v1/timers/{id}": ("pending",), "/v1/schedules/{id}": ("active", "paused")}
 
 
 def _at(seconds):
@@ -274,25 +277,15 @@ def after_call(context, case, response):
         _wait(base + path, lambda status, _: status != 404)
     elif (
         case.method.upper() == "DELETE"
-        and case.operation.path == "/v1/schedules/{id}"
+        and case.operation.path in _LIVE_STATES
         and response.status_code == 202
     ):
+        live = _LIVE_STATES[case.operation.path]
         _wait(
             response.request.url,
             lambda status, answer: status != 200
             or not isinstance(answer, dict)
-            or answer.get("state") not in ("active", "paused"),
-        )
-    elif (
-        case.method.upper() == "DELETE"
-        and case.operation.path == "/v1/timers/{id}"
-        and response.status_code == 202
-    ):
-        _wait(
-            response.request.url,
-            lambda status, answer: status != 200
-            or not isinstance(answer, dict)
-            or answer.get("state") != "pending",
+            or answer.get("state") not in live,
         )
 
 

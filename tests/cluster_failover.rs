@@ -787,17 +787,22 @@ impl Coordinators {
     /// `engines_on` nodes, and whose dispatchers' are on `dispatchers_on`.
     fn names(&self, test: &str, engines_on: &[Node], dispatchers_on: &[Node]) -> Names {
         let on = |nodes: &[Node], n: Option<Node>| n.is_some_and(|n| nodes.contains(&n));
-        self.find_names(test, |names| {
-            on(engines_on, self.group(&names.engine_group()))
+        let fits = |names: &Names| {
+            let ids = names.transactional_ids();
+            (on(engines_on, self.group(&names.engine_group()))
                 && on(dispatchers_on, self.group(&names.dispatcher_group()))
-                && names.transactional_ids()[..2]
+                && ids[..2]
                     .iter()
                     .all(|id| on(engines_on, self.transactions(id)))
-                && names.transactional_ids()[2..]
+                && ids[2..]
                     .iter()
-                    .all(|id| on(dispatchers_on, self.transactions(id)))
-        })
-        .unwrap_or_else(|| panic!("no names whose coordinators are on the nodes asked"))
+                    .all(|id| on(dispatchers_on, self.transactions(id))))
+            .then_some(())
+        };
+        let (names, ()) = self
+            .find_names(test, fits)
+            .unwrap_or_else(|| panic!("no names whose coordinators are on the nodes asked"));
+        names
     }
 
     /// Names whose every coordinator (both groups, all four transactional
@@ -817,17 +822,20 @@ impl Coordinators {
             all_there.then_some(first)
         };
         for candidates in [preferred, &NODES[..]] {
-            let fits = |names: &Names| one_node(names).is_some_and(|n| candidates.contains(&n));
-            if let Some(names) = self.find_names(test, fits) {
-                let node = one_node(&names).expect("checked by find_names");
-                return (names, node);
+            let fits = |names: &Names| one_node(names).filter(|n| candidates.contains(n));
+            if let Some(found) = self.find_names(test, fits) {
+                return found;
             }
         }
         panic!("no names whose coordinators are all on one node: {self:?}");
     }
 
-    fn find_names(&self, test: &str, fits: impl Fn(&Names) -> bool) -> Option<Names> {
-        (0..200_000).map(|_| Names::new(test)).find(|n| fits(n))
+    /// The first of many random names that `fits`, with what it found.
+    fn find_names<T>(&self, test: &str, fits: impl Fn(&Names) -> Option<T>) -> Option<(Names, T)> {
+        (0..200_000).find_map(|_| {
+            let names = Names::new(test);
+            fits(&names).map(|found| (names, found))
+        })
     }
 }
 

@@ -72,7 +72,7 @@ impl Exit {
 /// it exits (killed and failed after [`EXIT_WITHIN`]).
 fn run_chime(bootstrap: &str, args: &[&str], env: &[(&str, &str)]) -> Exit {
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chime"))
+    let mut child = Command::new(common::processes::chime_binary())
         .args(args)
         .env("CHIME_KAFKA_BOOTSTRAP", bootstrap)
         .env_remove("CHIME_REPLICATION_FACTOR")

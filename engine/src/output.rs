@@ -114,32 +114,14 @@ impl Output {
                     headers: Fire::headers(*fire_at_ms, *emitted_at_ms),
                 };
                 txn.send(partition, fire)?;
-                let tombstone = ChangelogRecord::Finished(Some(Finished::Fired {
+                let fired = Finished::Fired {
                     fire_at_ms: *fire_at_ms,
-                }));
-                txn.send(
-                    partition,
-                    changelog(
-                        topics,
-                        partition,
-                        id,
-                        tombstone.value(),
-                        tombstone.headers(),
-                    ),
-                )
+                };
+                txn.send(partition, tombstone(topics, partition, id, fired))
             }
             Output::Cancelled { id } => {
-                let tombstone = ChangelogRecord::Finished(Some(Finished::Cancelled));
-                txn.send(
-                    partition,
-                    changelog(
-                        topics,
-                        partition,
-                        id,
-                        tombstone.value(),
-                        tombstone.headers(),
-                    ),
-                )
+                let cancelled = Finished::Cancelled;
+                txn.send(partition, tombstone(topics, partition, id, cancelled))
             }
             Output::Revoke { id, fire_at_ms } => {
                 let revoke = Revoke {
@@ -223,6 +205,17 @@ impl Output {
             }
         }
     }
+}
+
+/// The changelog tombstone of timer `id` of `partition`: it fired or was cancelled.
+fn tombstone<'a>(
+    topics: &'a Topics,
+    partition: i32,
+    id: &'a [u8],
+    finished: Finished,
+) -> OutRecord<'a> {
+    let record = ChangelogRecord::Finished(Some(finished));
+    changelog(topics, partition, id, record.value(), record.headers())
 }
 
 /// A changelog record of `partition` for `id` (a timer's or a schedule's:
