@@ -74,6 +74,13 @@ struct KafkaArgs {
         default_value_t = false
     )]
     static_membership: bool,
+    /// How engines' and dispatchers' groups move partitions when members
+    /// come and go: `eager` (one round, every partition rebuilt; no
+    /// partition waits for librdkafka's one-second join interval) or
+    /// `cooperative` (only moved partitions, in two rounds; the newcomer may
+    /// wait up to a second for the second). See docs/design.md.
+    #[arg(long, env = "CHIME_REBALANCE", global = true, default_value = "eager")]
+    rebalance: chime_kafka::Rebalance,
 }
 
 impl KafkaArgs {
@@ -297,6 +304,7 @@ impl EngineArgs {
             c.instance_id = id.clone();
         }
         c.static_membership = k.static_membership;
+        c.rebalance = k.rebalance;
         c.tick = Duration::from_millis(self.tick_ms);
         c.lead = Duration::from_millis(self.lead_ms);
         c.session_timeout = Duration::from_millis(self.session_timeout_ms);
@@ -312,6 +320,7 @@ impl DispatcherArgs {
             c.instance_id = id.clone();
         }
         c.static_membership = k.static_membership;
+        c.rebalance = k.rebalance;
         c.max_in_flight = self.max_in_flight;
         c.request_timeout = Duration::from_millis(self.request_timeout_ms);
         c.max_in_flight_per_host = self.max_in_flight_per_host;

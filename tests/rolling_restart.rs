@@ -35,17 +35,26 @@ const DELIVER_WITHIN: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rolling_sigterm_restart_calls_every_timer_back_exactly_once() {
-    rolling_restart("rolling", false).await;
+    rolling_restart("rolling", &[]).await;
 }
 
 /// The same with static membership (`CHIME_STATIC_MEMBERSHIP`): a stopped
 /// member does not leave the group, and comes back to its own partitions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rolling_sigterm_restart_with_static_membership_calls_every_timer_back_exactly_once() {
-    rolling_restart("rolling-static", true).await;
+    rolling_restart("rolling-static", &["--static-membership"]).await;
 }
 
-async fn rolling_restart(test: &str, static_membership: bool) {
+/// The same with cooperative rebalancing (`CHIME_REBALANCE=cooperative`):
+/// only the partitions that move are handed over, in two rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_sigterm_restart_with_cooperative_rebalancing_calls_every_timer_back_exactly_once()
+{
+    rolling_restart("rolling-coop", &["--rebalance", "cooperative"]).await;
+}
+
+/// `group_args`: how both processes join their groups.
+async fn rolling_restart(test: &str, group_args: &[&str]) {
     common::init_logging();
     let prefix = common::unique_prefix(test);
     let topics = Topics::new(&prefix);
@@ -55,8 +64,8 @@ async fn rolling_restart(test: &str, static_membership: bool) {
     let mut receiver = Receiver::start().await;
     let mut counts = Callbacks::default();
     let mut nodes = [
-        Node::start(&prefix, "a", static_membership),
-        Node::start(&prefix, "b", static_membership),
+        Node::start(&prefix, "a", group_args),
+        Node::start(&prefix, "b", group_args),
     ];
     wait_settled(&mut nodes, "both processes sharing every partition").await;
     warm_up(&topics, &mut receiver, &mut counts).await;
@@ -159,7 +168,7 @@ struct Node {
 }
 
 impl Node {
-    fn start(prefix: &str, instance: &str, static_membership: bool) -> Node {
+    fn start(prefix: &str, instance: &str, group_args: &[&str]) -> Node {
         let partitions = PARTITIONS.to_string();
         let mut args: Vec<String> = [
             "--topic-prefix",
@@ -175,9 +184,7 @@ impl Node {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        if static_membership {
-            args.push("--static-membership".into());
-        }
+        args.extend(group_args.iter().map(|s| s.to_string()));
         let log_name = format!("{prefix}-{instance}");
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let process = ChimeProcess::spawn(&log_name, &refs);

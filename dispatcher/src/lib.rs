@@ -81,6 +81,8 @@ pub struct DispatcherConfig {
     pub instance_id: String,
     /// Join the group as a static member (`group.instance.id` = instance id).
     pub static_membership: bool,
+    /// How the group moves partitions when dispatchers come and go.
+    pub rebalance: chime_kafka::Rebalance,
     /// Consumer-group session timeout: how soon a dead dispatcher's partitions move.
     pub session_timeout: Duration,
     /// How long a dead dispatcher's open transaction can hold back readers.
@@ -105,6 +107,7 @@ impl DispatcherConfig {
             shutdown_grace: Duration::from_secs(10),
             instance_id: uuid::Uuid::new_v4().simple().to_string(),
             static_membership: false,
+            rebalance: chime_kafka::Rebalance::default(),
             session_timeout: Duration::from_secs(3),
             transaction_timeout: Duration::from_secs(3),
         }
@@ -363,10 +366,17 @@ impl Dispatcher {
 
     /// `partitions` are being revoked: wait for their calls, then commit.
     fn begin_handover(&mut self, partitions: Vec<i32>, done: std_mpsc::SyncSender<()>) {
-        let partitions = partitions
+        let partitions: Vec<(i32, Option<u64>)> = partitions
             .into_iter()
             .map(|p| (p, self.tracks.get(&p).map(|t| t.progress.epoch)))
             .collect();
+        let waiting: usize = partitions
+            .iter()
+            .filter_map(|p| track_of(&self.tracks, p))
+            .map(|t| t.progress.in_flight())
+            .sum();
+        tracing::info!(partitions = ?partitions.iter().map(|p| p.0).collect::<Vec<_>>(), waiting,
+            "handover begins: waiting for the calls taken (held or in flight)");
         self.handovers.push(Handover {
             partitions,
             done,

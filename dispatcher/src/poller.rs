@@ -55,6 +55,7 @@ impl Poller {
             &config.client_id(),
             &config.group_id,
             config.session_timeout,
+            config.rebalance,
         );
         // Offsets are committed only in the dispatcher's transactions.
         settings

@@ -58,6 +58,8 @@ pub struct EngineConfig {
     pub session_timeout: Duration,
     /// Join the group as a static member (`group.instance.id` = instance id).
     pub static_membership: bool,
+    /// How the group moves partitions when engines come and go.
+    pub rebalance: chime_kafka::Rebalance,
     /// How long an abandoned transaction blocks readers before the broker
     /// aborts it; also the deadline of each transactional call.
     pub transaction_timeout: Duration,
@@ -87,6 +89,7 @@ impl EngineConfig {
             lead: DEFAULT_LEAD,
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             static_membership: false,
+            rebalance: chime_kafka::Rebalance::default(),
             transaction_timeout: DEFAULT_TRANSACTION_TIMEOUT,
             stall_timeout: Duration::from_secs(1),
             rebuild_timeout: Duration::from_secs(300),

@@ -51,6 +51,11 @@ pub struct PartitionState {
     /// applied in order, so once the inbox is applied every record before it
     /// is too (skipped aborted records and transaction markers included).
     pub input_end: Option<i64>,
+    /// The end of the input when the partition was loaded: once every record
+    /// before it is applied, the partition is caught up. (The consumer's
+    /// end-of-partition report is the other way, but it does not come again
+    /// for an end it already reported, so a quiet input would wait for it.)
+    pub catch_up_at: Option<i64>,
     /// Records owed to Kafka for changes already made here, oldest first.
     /// They leave only when a transaction that carries them (with
     /// `next_offset`) commits; a failed transaction leaves them for the next.
@@ -72,6 +77,7 @@ impl PartitionState {
             finished,
             caught_up: false,
             input_end: None,
+            catch_up_at: None,
             outputs: Vec::new(),
         }
     }
@@ -83,6 +89,9 @@ impl PartitionState {
             return; // delivered again after a seek or a reassignment
         }
         self.next_offset = Some(rec.offset + 1);
+        if self.catch_up_at.is_some_and(|end| rec.offset + 1 >= end) {
+            self.caught_up = true;
+        }
         match TimerCommand::decode(rec.key.as_deref(), rec.value.as_deref()) {
             Ok(TimerCommand::Schedule(spec)) => {
                 let (Some(id), Some(command)) = (&rec.key, &rec.value) else {
@@ -324,6 +333,22 @@ mod tests {
         assert_eq!(s.next_due(), None);
         s.caught_up = true;
         assert_eq!(s.next_due(), Some(1_000));
+    }
+
+    #[test]
+    fn a_loaded_partition_is_caught_up_once_it_applied_through_the_input_end() {
+        let mut s = state();
+        s.caught_up = false;
+        s.catch_up_at = Some(2); // records 0 and 1 were written before it went live
+        s.apply(&schedule(0, "a", 1_000), 1_000, "t");
+        assert!(!s.caught_up, "record 1 (a cancel, maybe) is still unread");
+        s.apply(&cancel(1, "a"), 1_000, "t");
+        assert!(s.caught_up);
+        assert_eq!(
+            s.fire_due(2_000, 0, &mut Vec::new()),
+            0,
+            "the cancel was applied first"
+        );
     }
 
     #[test]

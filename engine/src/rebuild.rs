@@ -33,6 +33,9 @@ use crate::EngineConfig;
 
 /// Deadline for reading the committed offsets.
 const OFFSETS_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of each input-end query (they are also answered by the
+/// consumer's end-of-partition report, so one left unanswered only waits).
+const INPUT_END_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// A finished rebuild: the partitions' states, or why it failed.
 pub struct Rebuilt {
@@ -103,6 +106,7 @@ fn rebuild(
     partitions: &[i32],
 ) -> anyhow::Result<Vec<PartitionState>> {
     let committed = offsets.committed(partitions)?;
+    let input_ends = offsets.input_ends(partitions);
     let now = chime_wire::time::now_ms();
     let readers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -140,6 +144,7 @@ fn rebuild(
                 .ok_or_else(|| anyhow::anyhow!("changelog load lost partition {p}"))?;
             let mut state = PartitionState::new(p, wheel, finished, committed.get(&p).copied());
             state.schedules = schedules;
+            state.catch_up_at = input_ends.get(&p).copied();
             Ok(state)
         })
         .collect()
@@ -168,6 +173,23 @@ impl OffsetsReader {
             consumer,
             topic: config.topics.timers.clone(),
         })
+    }
+
+    /// The end of each partition's input now (its high watermark), for those
+    /// whose end could be read in time: every record written before the
+    /// partition goes live is below it. A partition without one waits for
+    /// the consumer to report the end.
+    fn input_ends(&self, partitions: &[i32]) -> HashMap<i32, i64> {
+        partitions
+            .iter()
+            .filter_map(|&p| {
+                let (_, high) = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, p, INPUT_END_TIMEOUT)
+                    .ok()?;
+                Some((p, high))
+            })
+            .collect()
     }
 
     fn committed(&self, partitions: &[i32]) -> anyhow::Result<HashMap<i32, i64>> {

@@ -19,7 +19,7 @@ pub mod probe;
 pub mod produce;
 pub mod txn;
 
-pub use config::{client_config, consumer_config, group_member_config, producer_config};
+pub use config::{client_config, consumer_config, group_member_config, producer_config, Rebalance};
 pub use group::{GroupContext, GroupEvent};
 pub use probe::KafkaProbe;
 pub use produce::{owned_headers, MessageHeaders};

@@ -64,6 +64,9 @@ pub struct FaultsArgs {
     /// Static group membership for both processes (CHIME_STATIC_MEMBERSHIP).
     #[arg(long)]
     pub static_membership: bool,
+    /// Rebalance protocol of both processes' groups (CHIME_REBALANCE).
+    #[arg(long, default_value = "eager")]
+    pub rebalance: chime_kafka::Rebalance,
     /// Timers due per second.
     #[arg(long, default_value_t = 2_000)]
     pub rate: u64,
@@ -169,6 +172,7 @@ pub async fn run(args: &FaultsArgs, common: &Common) -> anyhow::Result<()> {
         partitions: args.partitions,
         session_timeout_ms: session,
         static_membership: args.static_membership,
+        rebalance: args.rebalance,
         logs: &logs,
     };
     let mut pair = Pair::start(&settings)?;
@@ -330,11 +334,15 @@ async fn measure(
     Ok(Report {
         fault: *fault,
         description: fault.describe(),
-        membership: if args.static_membership {
-            "static"
-        } else {
-            "dynamic"
-        },
+        membership: format!(
+            "{} membership, {} rebalancing",
+            if args.static_membership {
+                "static"
+            } else {
+                "dynamic"
+            },
+            args.rebalance
+        ),
         rate_per_s: args.rate,
         partitions: args.partitions,
         session_timeout_ms: session,

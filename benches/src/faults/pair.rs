@@ -23,6 +23,7 @@ pub struct Settings<'a> {
     pub partitions: i32,
     pub session_timeout_ms: u64,
     pub static_membership: bool,
+    pub rebalance: chime_kafka::Rebalance,
     pub logs: &'a Path,
 }
 
@@ -121,6 +122,8 @@ impl Pair {
             if s.static_membership {
                 args.push("--static-membership");
             }
+            let rebalance = s.rebalance.to_string();
+            args.extend(["--rebalance", &rebalance]);
             let spec = ProcessSpec::role(
                 &format!("{}-{name}", s.prefix),
                 s.exe,

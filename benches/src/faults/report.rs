@@ -54,7 +54,7 @@ impl Checker {
 pub struct Report {
     pub fault: Fault,
     pub description: String,
-    pub membership: &'static str,
+    pub membership: String,
     pub rate_per_s: u64,
     pub partitions: i32,
     pub session_timeout_ms: u64,
@@ -258,7 +258,7 @@ impl Report {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "chime-bench faults — {}: {}\n{} membership, session timeout {} ms, {} timers/s due, \
+            "chime-bench faults — {}: {}\n{}, session timeout {} ms, {} timers/s due, \
              {} partitions, commit {}; load average {} before, {} after",
             self.fault.name(),
             self.description,

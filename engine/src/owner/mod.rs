@@ -124,6 +124,7 @@ impl Owner {
             &config.client_id(),
             &config.group_id,
             config.session_timeout,
+            config.rebalance,
         );
         // End of partition marks a partition caught up (see `collect`).
         settings.set("enable.partition.eof", "true");

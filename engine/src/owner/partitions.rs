@@ -197,8 +197,13 @@ impl Owner {
                 }
                 self.rebuilding.remove(&p);
                 owned.loading.remove(&p);
-                state.caught_up = state.next_offset.is_some()
-                    && self.end_of_input.get(&p) == state.next_offset.as_ref();
+                // Nothing applied nor committed reads from the start: an
+                // empty input is caught up at once.
+                let next = state.next_offset;
+                state.caught_up = next.is_some() && self.end_of_input.get(&p) == next.as_ref()
+                    || state
+                        .catch_up_at
+                        .is_some_and(|end| next.unwrap_or(0) >= end);
                 if let Some(next) = state.next_offset {
                     self.committed.insert(p, next);
                 }
