@@ -23,7 +23,7 @@
 mod commit;
 mod partitions;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -88,6 +88,9 @@ pub struct Owner {
     end_of_input: HashMap<i32, i64>,
     /// Rebuilds under way: partition → the id of its latest rebuild.
     rebuilding: HashMap<i32, u64>,
+    /// Partitions revoked since the last assignment: those assigned back
+    /// are rebuilt apart from the others (see `apply_group_events`).
+    just_revoked: HashSet<i32>,
     next_rebuild: u64,
     rebuilt_tx: mpsc::Sender<Rebuilt>,
     rebuilt_rx: mpsc::Receiver<Rebuilt>,
@@ -145,6 +148,7 @@ impl Owner {
             held: Vec::new(),
             end_of_input: HashMap::new(),
             rebuilding: HashMap::new(),
+            just_revoked: HashSet::new(),
             next_rebuild: 0,
             rebuilt_tx,
             rebuilt_rx,

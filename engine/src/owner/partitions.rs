@@ -126,10 +126,23 @@ impl Owner {
                     drop(owned);
                     self.inbox.retain(|r| !parts.contains(&r.partition));
                     self.held.retain(|r| !parts.contains(&r.partition));
+                    self.just_revoked.extend(parts);
                 }
                 GroupEvent::Assigned(parts) => {
                     self.status.lock().joined = true;
-                    self.start_rebuild(parts, Duration::ZERO);
+                    // A rebuild goes live all at once, after its slowest
+                    // partition, and a partition taken from a member that
+                    // died waits for that member's open transaction to be
+                    // aborted (seconds). One this engine owned until this
+                    // rebalance has no such wait (its transactions ended
+                    // before the revocation), so an eager rebalance's
+                    // returning partitions are rebuilt on their own.
+                    let (back, new): (Vec<i32>, Vec<i32>) = parts
+                        .into_iter()
+                        .partition(|p| self.just_revoked.contains(p));
+                    self.just_revoked.clear();
+                    self.start_rebuild(back, Duration::ZERO);
+                    self.start_rebuild(new, Duration::ZERO);
                 }
             }
         }
