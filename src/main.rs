@@ -62,16 +62,18 @@ struct KafkaArgs {
     /// transactions at once. Must be unique among running processes.
     #[arg(long, env = "CHIME_INSTANCE_ID", global = true)]
     instance_id: Option<String>,
-    /// Static group membership (KIP-345): a member that dies without
-    /// leaving keeps its partitions until the session timeout, so a process
-    /// restarted within it resumes them with no rebalance — and one that
-    /// never returns holds them that long (see docs/operations.md). Needs a
-    /// stable CHIME_INSTANCE_ID.
+    /// Static group membership (KIP-345), named by the instance id: a
+    /// process whose session expired (a broker outage, a pause) takes its
+    /// partitions back as soon as the group is reachable, with no wait for
+    /// its old self to time out; a member that dies without leaving keeps
+    /// its partitions until the session timeout either way. `false` joins
+    /// as a dynamic member (see docs/operations.md).
     #[arg(
         long,
         env = "CHIME_STATIC_MEMBERSHIP",
         global = true,
-        default_value_t = false
+        default_value_t = true,
+        action = clap::ArgAction::Set
     )]
     static_membership: bool,
     /// How engines' and dispatchers' groups move partitions when members

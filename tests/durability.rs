@@ -257,3 +257,39 @@ async fn zombie_resumed_after_its_partitions_moved_commits_nothing() {
     survivor.terminate();
     assert_exactly_once(&audit(&prefix).await, TIMERS);
 }
+
+/// An engine alone in its group, paused past its session timeout: its
+/// session expires, and once resumed it must join the group again by itself
+/// (it rejoins as soon as the group coordinator answers) and fire every
+/// timer, those due while it was stopped included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_paused_past_its_session_rejoins_and_fires_everything() {
+    let (prefix, topics) = topics_for("paused-alone").await;
+    let watcher = FireWatcher::start(&topics);
+    let engine = EngineProcess::spawn(&prefix, "sleeper");
+    TimerProducer::new(&topics)
+        .send_all(&spread(TIMERS, 3_000))
+        .await;
+    watcher.wait_until("25% fired", Duration::from_secs(60), |s| {
+        s.len() >= TIMERS / 4
+    });
+    engine.pause();
+    tokio::time::sleep(Duration::from_millis(SESSION_TIMEOUT_MS + 3_000)).await;
+    engine.resume();
+    watcher.wait_until("every timer fired", Duration::from_secs(90), |s| {
+        distinct_ids(s) >= TIMERS
+    });
+    let said = |message: &str| {
+        engine
+            .log_lines()
+            .iter()
+            .any(|l| l["fields"]["message"].as_str() == Some(message))
+    };
+    assert!(
+        said("group session expired; rejoining once the group coordinator answers"),
+        "the pause was meant to outlast the session"
+    );
+    assert!(said("group coordinator answers; rejoining"));
+    engine.terminate();
+    assert_exactly_once(&audit(&prefix).await, TIMERS);
+}

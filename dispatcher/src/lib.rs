@@ -106,7 +106,7 @@ impl DispatcherConfig {
             commit_interval: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(10),
             instance_id: uuid::Uuid::new_v4().simple().to_string(),
-            static_membership: false,
+            static_membership: true,
             rebalance: chime_kafka::Rebalance::default(),
             session_timeout: Duration::from_secs(3),
             transaction_timeout: Duration::from_secs(3),
@@ -233,6 +233,7 @@ pub async fn serve(config: DispatcherConfig, shutdown: CancellationToken) -> any
                 Some(Polled::Assigned(partitions)) => d.assigned(&partitions),
                 Some(Polled::Revoking { partitions, done }) => d.begin_handover(partitions, done),
                 Some(Polled::Stopped) | None => break,
+                Some(Polled::Failed(why)) => anyhow::bail!("dispatcher {why}"),
             },
             _ = tokio::time::sleep_until(next_deadline.unwrap_or_else(Instant::now)), if next_deadline.is_some() => {
                 d.abandon_overdue();

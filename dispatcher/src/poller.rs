@@ -14,6 +14,7 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use chime_kafka::group::Rejoin;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, TopicPartitionList};
@@ -34,6 +35,8 @@ pub enum Polled {
     },
     /// The thread stopped: it left the group (or could not poll).
     Stopped,
+    /// The consumer hit a fatal error (why); the thread stopped.
+    Failed(String),
 }
 
 /// The consumer and the thread polling it.
@@ -70,6 +73,8 @@ impl Poller {
             // The loop waits for due times (at most the engine's lead) and
             // calls in flight; past this the rest is re-delivered.
             patience: config.shutdown_grace + Duration::from_secs(1),
+            rejoin: Rejoin::default(),
+            instance_id: config.instance_id.clone(),
         };
         let consumer: Arc<BaseConsumer<HandoverContext>> =
             Arc::new(settings.create_with_context(context)?);
@@ -113,7 +118,9 @@ fn poll_until_stopped(
     stop: &AtomicBool,
     events: &mpsc::UnboundedSender<Polled>,
 ) {
+    let context = consumer.context();
     while !stop.load(Ordering::Relaxed) {
+        context.rejoin.serve(consumer, &context.topic, "dispatcher");
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(m))
@@ -125,7 +132,13 @@ fn poll_until_stopped(
             }
             Some(Ok(_)) => {}
             Some(Err(KafkaError::PartitionEOF(_))) => {}
-            Some(Err(e)) => tracing::warn!(error = %e, "dispatcher consumer error"),
+            Some(Err(e)) => {
+                if let Some(why) = chime_kafka::group::fatal_error(consumer, &context.instance_id) {
+                    let _ = events.send(Polled::Failed(why));
+                    return;
+                }
+                tracing::warn!(error = %e, "dispatcher consumer error");
+            }
         }
     }
     // Leaving the group revokes every partition: the handover runs in the
@@ -150,6 +163,8 @@ pub struct HandoverContext {
     topic: String,
     events: mpsc::UnboundedSender<Polled>,
     patience: Duration,
+    rejoin: Rejoin,
+    instance_id: String,
 }
 
 impl HandoverContext {
@@ -170,14 +185,23 @@ impl ClientContext for HandoverContext {
 }
 
 impl ConsumerContext for HandoverContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
+                // A lost assignment (expired session) may be another
+                // member's already, and its commits are refused: the loop
+                // drops its partitions, and nothing is waited for.
+                let lost = consumer.assignment_lost();
+                self.rejoin.after_revoke(consumer, "dispatcher");
                 let partitions = self.partitions(tpl);
                 if partitions.is_empty() {
                     return;
                 }
-                tracing::info!(?partitions, "dispatcher partitions revoked; handing over");
+                tracing::info!(
+                    ?partitions,
+                    lost,
+                    "dispatcher partitions revoked; handing over"
+                );
                 let (done, handed_over) = std_mpsc::sync_channel(1);
                 let started = Instant::now();
                 if self
@@ -187,6 +211,7 @@ impl ConsumerContext for HandoverContext {
                         done,
                     })
                     .is_ok()
+                    && !lost
                 {
                     // Blocks this consumer thread only; the loop runs elsewhere.
                     let _ = handed_over.recv_timeout(self.patience);

@@ -82,6 +82,13 @@ impl PartitionState {
         }
     }
 
+    /// Every record below [`Self::catch_up_at`] has been applied (nothing
+    /// applied reads from offset 0).
+    pub fn applied_through_catch_up_point(&self) -> bool {
+        self.catch_up_at
+            .is_some_and(|end| self.next_offset.unwrap_or(0) >= end)
+    }
+
     /// Applies one input record (skipping one applied before): schedule or
     /// cancel, or a dead letter for a record that breaks the contract.
     pub fn apply(&mut self, rec: &InputRecord, now: u64, source_topic: &str) {
@@ -89,7 +96,7 @@ impl PartitionState {
             return; // delivered again after a seek or a reassignment
         }
         self.next_offset = Some(rec.offset + 1);
-        if self.catch_up_at.is_some_and(|end| rec.offset + 1 >= end) {
+        if self.applied_through_catch_up_point() {
             self.caught_up = true;
         }
         match TimerCommand::decode(rec.key.as_deref(), rec.value.as_deref()) {

@@ -33,8 +33,9 @@ use crate::EngineConfig;
 
 /// Deadline for reading the committed offsets.
 const OFFSETS_TIMEOUT: Duration = Duration::from_secs(30);
-/// Deadline of each input-end query (they are also answered by the
-/// consumer's end-of-partition report, so one left unanswered only waits).
+/// Deadline of all the input-end queries of one rebuild together (an end is
+/// also learnt from the consumer's end-of-partition report, so one left
+/// unanswered only waits).
 const INPUT_END_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// A finished rebuild: the partitions' states, or why it failed.
@@ -179,16 +180,16 @@ impl OffsetsReader {
     /// whose end could be read in time: every record written before the
     /// partition goes live is below it. A partition without one waits for
     /// the consumer to report the end.
+    /// All the queries together take at most `INPUT_END_TIMEOUT`.
     fn input_ends(&self, partitions: &[i32]) -> HashMap<i32, i64> {
+        let deadline = Instant::now() + INPUT_END_TIMEOUT;
         partitions
             .iter()
-            .filter_map(|&p| {
-                let (_, high) = self
-                    .consumer
-                    .fetch_watermarks(&self.topic, p, INPUT_END_TIMEOUT)
-                    .ok()?;
-                Some((p, high))
+            .map_while(|&p| {
+                let left = deadline.checked_duration_since(Instant::now())?;
+                Some((p, self.consumer.fetch_watermarks(&self.topic, p, left)))
             })
+            .filter_map(|(p, answer)| Some((p, answer.ok()?.1)))
             .collect()
     }
 

@@ -1,8 +1,10 @@
 //! Consumer-group membership. librdkafka reports assignments and revocations
 //! inside `poll`; [`GroupContext`] queues them so the owner loop applies them
-//! between polls, when no transaction is open.
+//! between polls, when no transaction is open. [`Rejoin`] brings a member
+//! whose session expired back into its group as soon as the group can take it.
 
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -20,6 +22,7 @@ pub struct GroupContext {
     topic: String,
     role: &'static str,
     events: Mutex<Vec<GroupEvent>>,
+    pub rejoin: Rejoin,
 }
 
 impl GroupContext {
@@ -29,6 +32,7 @@ impl GroupContext {
             topic: topic.to_string(),
             role,
             events: Mutex::new(Vec::new()),
+            rejoin: Rejoin::default(),
         }
     }
 
@@ -72,12 +76,13 @@ impl ClientContext for GroupContext {
 impl ConsumerContext for GroupContext {
     // Revocation is queued before librdkafka unassigns, assignment after it
     // assigns; both are applied by the owner loop right after `poll` returns.
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 let parts = self.partitions(tpl);
                 tracing::info!(role = self.role, partitions = ?parts, "partitions revoked");
                 self.push(GroupEvent::Revoked(parts));
+                self.rejoin.after_revoke(consumer, self.role);
             }
             Rebalance::Error(e) => tracing::warn!(role = self.role, error = %e, "rebalance error"),
             Rebalance::Assign(_) => {}
@@ -125,6 +130,24 @@ pub fn has_member_id<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> bool {
     }
 }
 
+/// Why a consumer can do nothing more, if it hit a fatal error. With static
+/// membership that is another process joining with the same instance id
+/// (`group.instance.id`): the group fences this member for good.
+pub fn fatal_error<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    instance_id: &str,
+) -> Option<String> {
+    let (code, reason) = consumer.client().fatal_error()?;
+    Some(if code == RDKafkaErrorCode::FencedInstanceId {
+        format!(
+            "fenced out of its consumer group ({reason}): another process joined with instance \
+             id {instance_id:?}; instance ids must be unique"
+        )
+    } else {
+        format!("fatal consumer error {code}: {reason}")
+    })
+}
+
 /// After `unsubscribe`, serves the consumer until its leave request is on
 /// its way (or `deadline`). librdkafka sends the leave only once the
 /// unassign the unsubscribe began has been served; a consumer dropped
@@ -141,4 +164,79 @@ pub fn serve_until_left<C: ConsumerContext>(
         let _ = consumer.poll(std::time::Duration::from_millis(20));
     }
     !has_member_id(consumer)
+}
+
+/// Rejoining after an expired session (the brokers were unreachable, or the
+/// process paused, for longer than the session timeout).
+///
+/// librdkafka rejoins by itself as soon as it reaches the group's
+/// coordinator. After a broker restart that is too soon: the broker answers
+/// before it has loaded its groups (about a second on the machine measured),
+/// the join is refused with NOT_COORDINATOR, and librdkafka holds the next
+/// one for two seconds (its one-second join interval plus a second of
+/// backoff after an error). So a member whose session expired gives up its
+/// subscription in the revocation (which stops librdkafka's own rejoin) and
+/// subscribes again once the coordinator answers an offsets request; a
+/// subscription joins at once. With the brokers up, that costs one round
+/// trip.
+#[derive(Default)]
+pub struct Rejoin {
+    /// When to ask the coordinator next; `None` while subscribed.
+    next_probe: Mutex<Option<Instant>>,
+}
+
+/// How often, and how long, an unsubscribed member asks whether its group
+/// coordinator answers.
+const PROBE_EVERY: Duration = Duration::from_millis(50);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+/// The partition the probe asks about: none that exists, so never one with a
+/// transaction's offsets still pending (a read_committed consumer's offsets
+/// request waits those out).
+const PROBE_PARTITION: i32 = i32::MAX;
+
+impl Rejoin {
+    /// From the rebalance callback of a revocation: if the assignment was
+    /// lost to an expired session (librdkafka cleared the member id),
+    /// unsubscribes until [`Rejoin::serve`] finds the coordinator answering.
+    /// Inside the callback librdkafka defers the unsubscribe until the
+    /// revocation is done, and applies it instead of its own rejoin.
+    pub fn after_revoke<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, role: &str) {
+        if !consumer.assignment_lost() || has_member_id(consumer) {
+            return;
+        }
+        tracing::info!(
+            role,
+            "group session expired; rejoining once the group coordinator answers"
+        );
+        consumer.unsubscribe();
+        *self.lock() = Some(Instant::now());
+    }
+
+    /// Between polls: while unsubscribed after an expired session, asks the
+    /// coordinator (at most every `PROBE_EVERY`, waiting up to
+    /// `PROBE_TIMEOUT`), and subscribes to `topic` again once it answers.
+    pub fn serve<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, topic: &str, role: &str) {
+        let mut next_probe = self.lock();
+        if next_probe.is_none_or(|at| Instant::now() < at) {
+            return;
+        }
+        let mut probe = TopicPartitionList::new();
+        probe.add_partition(topic, PROBE_PARTITION);
+        let answered = consumer.committed_offsets(probe, PROBE_TIMEOUT).is_ok();
+        if answered {
+            match consumer.subscribe(&[topic]) {
+                Ok(()) => {
+                    tracing::info!(role, "group coordinator answers; rejoining");
+                    *next_probe = None;
+                    return;
+                }
+                Err(e) => tracing::warn!(role, error = %e, "subscribing again failed; retrying"),
+            }
+        }
+        *next_probe = Some(Instant::now() + PROBE_EVERY);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.next_probe.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }

@@ -259,6 +259,10 @@ impl EngineProcess {
     pub fn resume(&self) {
         self.process.resume();
     }
+
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        self.process.log_lines()
+    }
 }
 
 /// A `chime dispatcher` child on `prefix` (session timeout as the engines').

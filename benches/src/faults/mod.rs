@@ -61,9 +61,10 @@ pub struct FaultsArgs {
     /// broker this run may kill.
     #[arg(long)]
     pub broker_script: Option<PathBuf>,
-    /// Static group membership for both processes (CHIME_STATIC_MEMBERSHIP).
+    /// Dynamic group membership for both processes
+    /// (CHIME_STATIC_MEMBERSHIP=false; static is chime's default).
     #[arg(long)]
-    pub static_membership: bool,
+    pub dynamic_membership: bool,
     /// Rebalance protocol of both processes' groups (CHIME_REBALANCE).
     #[arg(long, default_value = "eager")]
     pub rebalance: chime_kafka::Rebalance,
@@ -171,7 +172,7 @@ pub async fn run(args: &FaultsArgs, common: &Common) -> anyhow::Result<()> {
         prefix: &prefix,
         partitions: args.partitions,
         session_timeout_ms: session,
-        static_membership: args.static_membership,
+        static_membership: !args.dynamic_membership,
         rebalance: args.rebalance,
         logs: &logs,
     };
@@ -336,10 +337,10 @@ async fn measure(
         description: fault.describe(),
         membership: format!(
             "{} membership, {} rebalancing",
-            if args.static_membership {
-                "static"
-            } else {
+            if args.dynamic_membership {
                 "dynamic"
+            } else {
+                "static"
             },
             args.rebalance
         ),

@@ -119,9 +119,10 @@ impl Pair {
                 "--dispatcher-session-timeout-ms",
                 &session,
             ];
-            if s.static_membership {
-                args.push("--static-membership");
-            }
+            args.extend([
+                "--static-membership",
+                if s.static_membership { "true" } else { "false" },
+            ]);
             let rebalance = s.rebalance.to_string();
             args.extend(["--rebalance", &rebalance]);
             let spec = ProcessSpec::role(
@@ -135,9 +136,7 @@ impl Pair {
             )
             // The receiver is on loopback, refused by default.
             .env("CHIME_CALLBACK_ALLOW", "127.0.0.0/8")
-            .env("CHIME_API_KEYS", "")
-            // Set by the flag above when wanted; not from the caller's environment.
-            .env("CHIME_STATIC_MEMBERSHIP", "false");
+            .env("CHIME_API_KEYS", "");
             nodes.push(Node {
                 name,
                 process: ChimeProcess::spawn(spec)?,

@@ -207,6 +207,11 @@ impl Owner {
         loop {
             let generation = self.changes;
             self.apply_group_events()?;
+            self.consumer.context().rejoin.serve(
+                &self.consumer,
+                &self.config.topics.timers,
+                "engine",
+            );
             self.install_rebuilt();
             if self.last_catch_up_check.elapsed() >= CATCH_UP_CHECK {
                 self.check_caught_up();

@@ -51,6 +51,10 @@ impl Owner {
                 self.config.session_timeout
             );
         }
+        if let Some(why) = chime_kafka::group::fatal_error(&self.consumer, &self.config.instance_id)
+        {
+            anyhow::bail!("engine {why}");
+        }
         tracing::warn!(error = %e, "consumer error");
         Ok(())
     }
@@ -214,9 +218,7 @@ impl Owner {
                 // empty input is caught up at once.
                 let next = state.next_offset;
                 state.caught_up = next.is_some() && self.end_of_input.get(&p) == next.as_ref()
-                    || state
-                        .catch_up_at
-                        .is_some_and(|end| next.unwrap_or(0) >= end);
+                    || state.applied_through_catch_up_point();
                 if let Some(next) = state.next_offset {
                     self.committed.insert(p, next);
                 }
