@@ -293,3 +293,48 @@ async fn an_engine_paused_past_its_session_rejoins_and_fires_everything() {
     engine.terminate();
     assert_exactly_once(&audit(&prefix).await, TIMERS);
 }
+
+/// Two engines started with the same instance id (a configuration mistake).
+/// Under static membership the group fences one of them out for good: it
+/// stops with an error naming the id, and the other fires every timer once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_instance_id_stops_an_engine_naming_the_id() {
+    let (prefix, topics) = topics_for("twins").await;
+    let watcher = FireWatcher::start(&topics);
+    let mut twins = [
+        EngineProcess::spawn(&prefix, "twin"),
+        EngineProcess::spawn(&prefix, "twin"),
+    ];
+    TimerProducer::new(&topics)
+        .send_all(&spread(TIMERS, 3_000))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stopped = loop {
+        if let Some(i) = (0..2).find(|&i| twins[i].exited().is_some()) {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both engines named twin still run after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let status = twins[stopped].exited().expect("exited above");
+    assert!(
+        !status.success(),
+        "the fenced engine exits with a failure: {status}"
+    );
+    let said = twins[stopped].log_text();
+    assert!(
+        said.contains("another process joined with instance id \"twin\"")
+            || said.contains("another engine runs with instance id \"twin\""),
+        "its last words name the duplicate id:\n{said}"
+    );
+    let [a, b] = twins;
+    let survivor = if stopped == 0 { b } else { a };
+    watcher.wait_until("every timer fired", Duration::from_secs(90), |s| {
+        distinct_ids(s) >= TIMERS
+    });
+    survivor.terminate();
+    assert_exactly_once(&audit(&prefix).await, TIMERS);
+}

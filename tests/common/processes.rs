@@ -179,6 +179,18 @@ impl ChimeProcess {
             .and_then(|line| line["fields"]["addr"].as_str()?.parse().ok())
     }
 
+    /// Everything this process has written to its log so far, JSON or not
+    /// (its last words on a fatal error are a plain `Error: …` line).
+    pub fn log_text(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(&self.log) {
+            if file.seek(SeekFrom::Start(self.log_from)).is_ok() {
+                let _ = std::io::Read::read_to_string(&mut file, &mut text);
+            }
+        }
+        text
+    }
+
     /// The JSON lines this process has logged so far (not those of an
     /// earlier process that wrote to the same log).
     pub fn log_lines(&self) -> Vec<serde_json::Value> {
@@ -262,6 +274,15 @@ impl EngineProcess {
 
     pub fn log_lines(&self) -> Vec<serde_json::Value> {
         self.process.log_lines()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.process.exited()
     }
 }
 
