@@ -65,14 +65,14 @@ struct KafkaArgs {
     /// Static group membership (KIP-345), named by the instance id: a
     /// process whose session expired (a broker outage, a pause) takes its
     /// partitions back as soon as the group is reachable, with no wait for
-    /// its old self to time out; a member that dies without leaving keeps
-    /// its partitions until the session timeout either way. `false` joins
-    /// as a dynamic member (see docs/operations.md).
+    /// its old self to time out; but librdkafka can fence such a member by
+    /// its own rejoin when the group coordinator moves, and the process then
+    /// stops (see docs/operations.md).
     #[arg(
         long,
         env = "CHIME_STATIC_MEMBERSHIP",
         global = true,
-        default_value_t = true,
+        default_value_t = false,
         action = clap::ArgAction::Set
     )]
     static_membership: bool,

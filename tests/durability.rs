@@ -294,16 +294,17 @@ async fn an_engine_paused_past_its_session_rejoins_and_fires_everything() {
     assert_exactly_once(&audit(&prefix).await, TIMERS);
 }
 
-/// Two engines started with the same instance id (a configuration mistake).
-/// Under static membership the group fences one of them out for good: it
-/// stops with an error naming the id, and the other fires every timer once.
+/// Two engines started with the same instance id (a configuration mistake),
+/// as static members. The group fences one of them out for good: it stops
+/// with an error naming the id, and the other fires every timer once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_instance_id_stops_an_engine_naming_the_id() {
     let (prefix, topics) = topics_for("twins").await;
     let watcher = FireWatcher::start(&topics);
+    let static_member = ["--static-membership", "true"];
     let mut twins = [
-        EngineProcess::spawn(&prefix, "twin"),
-        EngineProcess::spawn(&prefix, "twin"),
+        EngineProcess::spawn_with(&prefix, "twin", &static_member),
+        EngineProcess::spawn_with(&prefix, "twin", &static_member),
     ];
     TimerProducer::new(&topics)
         .send_all(&spread(TIMERS, 3_000))

@@ -38,11 +38,11 @@ async fn rolling_sigterm_restart_calls_every_timer_back_exactly_once() {
     rolling_restart("rolling", &[]).await;
 }
 
-/// The same with dynamic membership (`CHIME_STATIC_MEMBERSHIP=false`): every
-/// start is a new member of the groups.
+/// The same with static membership (`CHIME_STATIC_MEMBERSHIP`): a stopped
+/// member leaves the group too, and comes back under its instance id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn rolling_sigterm_restart_with_dynamic_membership_calls_every_timer_back_exactly_once() {
-    rolling_restart("rolling-dynamic", &["--static-membership", "false"]).await;
+async fn rolling_sigterm_restart_with_static_membership_calls_every_timer_back_exactly_once() {
+    rolling_restart("rolling-static", &["--static-membership", "true"]).await;
 }
 
 /// The same with cooperative rebalancing (`CHIME_REBALANCE=cooperative`):

@@ -106,7 +106,7 @@ impl DispatcherConfig {
             commit_interval: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(10),
             instance_id: uuid::Uuid::new_v4().simple().to_string(),
-            static_membership: true,
+            static_membership: false,
             rebalance: chime_kafka::Rebalance::default(),
             session_timeout: Duration::from_secs(3),
             transaction_timeout: Duration::from_secs(3),

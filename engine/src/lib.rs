@@ -88,7 +88,7 @@ impl EngineConfig {
             tick: Duration::from_millis(10),
             lead: DEFAULT_LEAD,
             session_timeout: DEFAULT_SESSION_TIMEOUT,
-            static_membership: true,
+            static_membership: false,
             rebalance: chime_kafka::Rebalance::default(),
             transaction_timeout: DEFAULT_TRANSACTION_TIMEOUT,
             stall_timeout: Duration::from_secs(1),

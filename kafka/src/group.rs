@@ -131,8 +131,11 @@ pub fn has_member_id<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> bool {
 }
 
 /// Why a consumer can do nothing more, if it hit a fatal error. With static
-/// membership that is another process joining with the same instance id
-/// (`group.instance.id`): the group fences this member for good.
+/// membership that is the group fencing this member for good: another
+/// process joined with the same instance id (`group.instance.id`) — or,
+/// after a session timeout while the group coordinator moved, librdkafka's
+/// own rejoin fenced a request still carrying the old member id
+/// (docs/kafka-notes.md). Either way the process must stop.
 pub fn fatal_error<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     instance_id: &str,
@@ -141,7 +144,8 @@ pub fn fatal_error<C: ConsumerContext>(
     Some(if code == RDKafkaErrorCode::FencedInstanceId {
         format!(
             "fenced out of its consumer group ({reason}): another process joined with instance \
-             id {instance_id:?}; instance ids must be unique"
+             id {instance_id:?} (instance ids must be unique), or this static member's own \
+             rejoin after a session timeout fenced it (docs/kafka-notes.md); restart it"
         )
     } else {
         format!("fatal consumer error {code}: {reason}")

@@ -61,10 +61,9 @@ pub struct FaultsArgs {
     /// broker this run may kill.
     #[arg(long)]
     pub broker_script: Option<PathBuf>,
-    /// Dynamic group membership for both processes
-    /// (CHIME_STATIC_MEMBERSHIP=false; static is chime's default).
+    /// Static group membership for both processes (CHIME_STATIC_MEMBERSHIP).
     #[arg(long)]
-    pub dynamic_membership: bool,
+    pub static_membership: bool,
     /// Rebalance protocol of both processes' groups (CHIME_REBALANCE).
     #[arg(long, default_value = "eager")]
     pub rebalance: chime_kafka::Rebalance,
@@ -172,7 +171,7 @@ pub async fn run(args: &FaultsArgs, common: &Common) -> anyhow::Result<()> {
         prefix: &prefix,
         partitions: args.partitions,
         session_timeout_ms: session,
-        static_membership: !args.dynamic_membership,
+        static_membership: args.static_membership,
         rebalance: args.rebalance,
         logs: &logs,
     };
@@ -337,10 +336,10 @@ async fn measure(
         description: fault.describe(),
         membership: format!(
             "{} membership, {} rebalancing",
-            if args.dynamic_membership {
-                "dynamic"
-            } else {
+            if args.static_membership {
                 "static"
+            } else {
+                "dynamic"
             },
             args.rebalance
         ),
