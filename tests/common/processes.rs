@@ -9,7 +9,7 @@
 //! another process could take in between.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -182,28 +182,21 @@ impl ChimeProcess {
     /// Everything this process has written to its log so far, JSON or not
     /// (its last words on a fatal error are a plain `Error: …` line).
     pub fn log_text(&self) -> String {
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         if let Ok(mut file) = std::fs::File::open(&self.log) {
             if file.seek(SeekFrom::Start(self.log_from)).is_ok() {
-                let _ = std::io::Read::read_to_string(&mut file, &mut text);
+                let _ = file.read_to_end(&mut bytes);
             }
         }
-        text
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// The JSON lines this process has logged so far (not those of an
     /// earlier process that wrote to the same log).
     pub fn log_lines(&self) -> Vec<serde_json::Value> {
-        let Ok(mut file) = std::fs::File::open(&self.log) else {
-            return Vec::new();
-        };
-        if file.seek(SeekFrom::Start(self.log_from)).is_err() {
-            return Vec::new();
-        }
-        BufReader::new(file)
+        self.log_text()
             .lines()
-            .map_while(Result::ok)
-            .filter_map(|line| serde_json::from_str(&line).ok())
+            .filter_map(|line| serde_json::from_str(line).ok())
             .collect()
     }
 }
