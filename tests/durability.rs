@@ -290,6 +290,17 @@ async fn an_engine_paused_past_its_session_rejoins_and_fires_everything() {
         "the pause was meant to outlast the session"
     );
     assert!(said("group coordinator answers; rejoining"));
+    // Alone in its group, the engine's old member id was dropped by the
+    // coordinator during the pause; the rejoined engine still tells the
+    // group (on a thread of its own, so its log line may trail the fires).
+    let told = Instant::now() + Duration::from_secs(10);
+    while !said("the expired session's member id had already left the group") {
+        assert!(
+            Instant::now() < told,
+            "the engine never removed its expired session's member id"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     engine.terminate();
     assert_exactly_once(&audit(&prefix).await, TIMERS);
 }

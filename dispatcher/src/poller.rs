@@ -73,7 +73,12 @@ impl Poller {
             // The loop waits for due times (at most the engine's lead) and
             // calls in flight; past this the rest is re-delivered.
             patience: config.shutdown_grace + Duration::from_secs(1),
-            rejoin: Rejoin::default(),
+            rejoin: Rejoin::new(
+                &config.bootstrap,
+                &config.group_id,
+                &config.topics.fires,
+                "dispatcher",
+            ),
             instance_id: config.instance_id.clone(),
         };
         let consumer: Arc<BaseConsumer<HandoverContext>> =
@@ -120,8 +125,8 @@ fn poll_until_stopped(
 ) {
     let context = consumer.context();
     while !stop.load(Ordering::Relaxed) {
-        context.rejoin.serve(consumer, &context.topic, "dispatcher");
-        match consumer.poll(Duration::from_millis(100)) {
+        context.rejoin.serve(consumer);
+        match consumer.poll(context.rejoin.poll_wait(Duration::from_millis(100))) {
             None => {}
             Some(Ok(m))
                 if events
@@ -192,7 +197,7 @@ impl ConsumerContext for HandoverContext {
                 // member's already, and its commits are refused: the loop
                 // drops its partitions, and nothing is waited for.
                 let lost = consumer.assignment_lost();
-                self.rejoin.after_revoke(consumer, "dispatcher");
+                self.rejoin.after_revoke(consumer);
                 let partitions = self.partitions(tpl);
                 if partitions.is_empty() {
                     return;
@@ -227,8 +232,9 @@ impl ConsumerContext for HandoverContext {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            self.rejoin.after_assign(consumer);
             let partitions = self.partitions(tpl);
             tracing::info!(?partitions, "dispatcher partitions assigned");
             let _ = self.events.send(Polled::Assigned(partitions));

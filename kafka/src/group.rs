@@ -10,6 +10,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientContext, TopicPartitionList};
 
+use crate::leave::{leave_forgotten_member, LeaveOutcome};
+
 /// A change in which partitions of the subscribed topic this member owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupEvent {
@@ -26,13 +28,14 @@ pub struct GroupContext {
 }
 
 impl GroupContext {
-    /// `role` names the member in logs (`engine`, `dispatcher`).
-    pub fn new(topic: &str, role: &'static str) -> Self {
+    /// For a member of `group` (at the brokers `bootstrap`) subscribed to
+    /// `topic`; `role` names it in logs (`engine`, `dispatcher`).
+    pub fn new(bootstrap: &str, group: &str, topic: &str, role: &'static str) -> Self {
         GroupContext {
             topic: topic.to_string(),
             role,
             events: Mutex::new(Vec::new()),
-            rejoin: Rejoin::default(),
+            rejoin: Rejoin::new(bootstrap, group, topic, role),
         }
     }
 
@@ -82,15 +85,16 @@ impl ConsumerContext for GroupContext {
                 let parts = self.partitions(tpl);
                 tracing::info!(role = self.role, partitions = ?parts, "partitions revoked");
                 self.push(GroupEvent::Revoked(parts));
-                self.rejoin.after_revoke(consumer, self.role);
+                self.rejoin.after_revoke(consumer);
             }
             Rebalance::Error(e) => tracing::warn!(role = self.role, error = %e, "rebalance error"),
             Rebalance::Assign(_) => {}
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            self.rejoin.after_assign(consumer);
             let parts = self.partitions(tpl);
             tracing::info!(role = self.role, partitions = ?parts, "partitions assigned");
             self.push(GroupEvent::Assigned(parts));
@@ -115,6 +119,11 @@ impl ConsumerContext for QuietEof {}
 /// Whether the consumer holds a group member id: it joined and has not yet
 /// sent its leave request (librdkafka clears the id as it sends it).
 pub fn has_member_id<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> bool {
+    member_id(consumer).is_some()
+}
+
+/// The consumer's group member id, if it holds one.
+pub fn member_id<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Option<String> {
     let rk = consumer.client().native_ptr();
     // SAFETY: `rk` is the live handle `consumer` owns. rd_kafka_memberid
     // returns null or a NUL-terminated copy the caller frees with
@@ -122,11 +131,11 @@ pub fn has_member_id<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> bool {
     unsafe {
         let id = rdkafka::bindings::rd_kafka_memberid(rk);
         if id.is_null() {
-            return false;
+            return None;
         }
-        let joined = *id != 0;
+        let text = std::ffi::CStr::from_ptr(id).to_string_lossy().into_owned();
         rdkafka::bindings::rd_kafka_mem_free(rk, id.cast());
-        joined
+        Some(text).filter(|t| !t.is_empty())
     }
 }
 
@@ -183,10 +192,29 @@ pub fn serve_until_left<C: ConsumerContext>(
 /// subscribes again once the coordinator answers an offsets request; a
 /// subscription joins at once. With the brokers up, that costs one round
 /// trip.
-#[derive(Default)]
+///
+/// The coordinator may still hold the member id the expired session had (a
+/// restarted broker reloads its groups with their members) and would wait
+/// a session timeout for it to rejoin; librdkafka has forgotten it. So once
+/// the new member has an id, the old one is removed from the group
+/// ([`crate::leave`]), and the rebalance completes as soon as every live
+/// member has joined.
 pub struct Rejoin {
+    bootstrap: String,
+    group: String,
+    topic: String,
+    role: &'static str,
+    state: Mutex<RejoinState>,
+}
+
+#[derive(Default)]
+struct RejoinState {
+    /// The member id the last assignment was made to.
+    member_id: Option<String>,
     /// When to ask the coordinator next; `None` while subscribed.
-    next_probe: Mutex<Option<Instant>>,
+    next_probe: Option<Instant>,
+    /// The member id of the expired session, until the group is told.
+    forgotten: Option<String>,
 }
 
 /// How often, and how long, an unsubscribed member asks whether its group
@@ -197,50 +225,136 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 /// transaction's offsets still pending (a read_committed consumer's offsets
 /// request waits those out).
 const PROBE_PARTITION: i32 = i32::MAX;
+/// How long the removal of a forgotten member id may take.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Rejoin {
+    /// For a member of `group` (at the brokers `bootstrap`) subscribed to
+    /// `topic`; `role` names it in logs.
+    pub fn new(bootstrap: &str, group: &str, topic: &str, role: &'static str) -> Self {
+        Rejoin {
+            bootstrap: bootstrap.to_string(),
+            group: group.to_string(),
+            topic: topic.to_string(),
+            role,
+            state: Mutex::new(RejoinState::default()),
+        }
+    }
+
+    /// From the rebalance callback of an assignment: remembers the member id
+    /// it was made to.
+    pub fn after_assign<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
+        self.lock().member_id = member_id(consumer);
+    }
+
     /// From the rebalance callback of a revocation: if the assignment was
     /// lost to an expired session (librdkafka cleared the member id),
     /// unsubscribes until [`Rejoin::serve`] finds the coordinator answering.
     /// Inside the callback librdkafka defers the unsubscribe until the
     /// revocation is done, and applies it instead of its own rejoin.
-    pub fn after_revoke<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, role: &str) {
+    pub fn after_revoke<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
         if !consumer.assignment_lost() || has_member_id(consumer) {
             return;
         }
         tracing::info!(
-            role,
+            role = self.role,
             "group session expired; rejoining once the group coordinator answers"
         );
         consumer.unsubscribe();
-        *self.lock() = Some(Instant::now());
+        let mut state = self.lock();
+        state.forgotten = state.member_id.take();
+        state.next_probe = Some(Instant::now());
+    }
+
+    /// How long the owner may wait in `poll`, at most `wait`: while the
+    /// member waits to rejoin, no longer than the probe interval.
+    pub fn poll_wait(&self, wait: Duration) -> Duration {
+        if self.lock().next_probe.is_some() {
+            wait.min(PROBE_EVERY)
+        } else {
+            wait
+        }
     }
 
     /// Between polls: while unsubscribed after an expired session, asks the
     /// coordinator (at most every `PROBE_EVERY`, waiting up to
-    /// `PROBE_TIMEOUT`), and subscribes to `topic` again once it answers.
-    pub fn serve<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, topic: &str, role: &str) {
-        let mut next_probe = self.lock();
-        if next_probe.is_none_or(|at| Instant::now() < at) {
-            return;
-        }
-        let mut probe = TopicPartitionList::new();
-        probe.add_partition(topic, PROBE_PARTITION);
-        let answered = consumer.committed_offsets(probe, PROBE_TIMEOUT).is_ok();
-        if answered {
-            match consumer.subscribe(&[topic]) {
-                Ok(()) => {
-                    tracing::info!(role, "group coordinator answers; rejoining");
-                    *next_probe = None;
-                    return;
-                }
-                Err(e) => tracing::warn!(role, error = %e, "subscribing again failed; retrying"),
+    /// `PROBE_TIMEOUT`) and subscribes again once it answers; once the new
+    /// member has an id, removes the forgotten one from the group.
+    pub fn serve<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
+        let mut state = self.lock();
+        match state.next_probe {
+            Some(at) if Instant::now() >= at => {
+                state.next_probe = if self.probe_and_subscribe(consumer) {
+                    None
+                } else {
+                    Some(Instant::now() + PROBE_EVERY)
+                };
             }
+            Some(_) => {}
+            None if state.forgotten.is_some() && has_member_id(consumer) => {
+                if let Some(old) = state.forgotten.take() {
+                    self.remove_from_group(old);
+                }
+            }
+            None => {}
         }
-        *next_probe = Some(Instant::now() + PROBE_EVERY);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.next_probe.lock().unwrap_or_else(|e| e.into_inner())
+    /// Whether the coordinator answered and the member subscribed again.
+    fn probe_and_subscribe<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> bool {
+        let mut probe = TopicPartitionList::new();
+        probe.add_partition(&self.topic, PROBE_PARTITION);
+        if consumer.committed_offsets(probe, PROBE_TIMEOUT).is_err() {
+            return false;
+        }
+        match consumer.subscribe(&[&self.topic]) {
+            Ok(()) => {
+                tracing::info!(role = self.role, "group coordinator answers; rejoining");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(role = self.role, error = %e, "subscribing again failed; retrying");
+                false
+            }
+        }
+    }
+
+    /// Removes `member_id` from the group on a thread of its own (the owner
+    /// keeps serving the consumer meanwhile).
+    fn remove_from_group(&self, member_id: String) {
+        let (bootstrap, group, role) = (self.bootstrap.clone(), self.group.clone(), self.role);
+        let leave = move || {
+            let client_id = format!("chime-{role}-leave");
+            match leave_forgotten_member(&bootstrap, &group, &member_id, &client_id, LEAVE_TIMEOUT)
+            {
+                Ok(LeaveOutcome::Removed) => tracing::info!(
+                    role,
+                    member_id,
+                    "removed the expired session's member id from the group"
+                ),
+                Ok(LeaveOutcome::AlreadyGone) => tracing::info!(
+                    role,
+                    member_id,
+                    "the expired session's member id had already left the group"
+                ),
+                Err(e) => tracing::warn!(
+                    role,
+                    member_id,
+                    error = %format!("{e:#}"),
+                    "could not remove the expired session's member id from the group; \
+                     the coordinator drops it after the session timeout"
+                ),
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("chime-leave".into())
+            .spawn(leave)
+        {
+            tracing::warn!(role = self.role, error = %e, "could not start the group leave");
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RejoinState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -8,13 +8,16 @@
 //! * [`txn`] — the transactional producer that engines and dispatchers
 //!   commit their work through, with one error type saying what a failure
 //!   means (aborted and retryable, or fenced by a newer owner).
-//! * [`group`] — consumer-group membership changes, queued for the owner loop.
+//! * [`group`] — consumer-group membership changes, queued for the owner loop,
+//!   and rejoining after an expired session.
+//! * [`leave`] — removing a member id librdkafka forgot from its group.
 //! * [`admin`] — creating chime's topics.
 //! * [`probe`] — "is Kafka reachable?" for readiness endpoints.
 
 pub mod admin;
 pub mod config;
 pub mod group;
+pub mod leave;
 pub mod probe;
 pub mod produce;
 pub mod txn;

@@ -135,7 +135,12 @@ impl Owner {
             settings.set("group.instance.id", &config.instance_id);
         }
         let consumer: BaseConsumer<GroupContext> =
-            settings.create_with_context(GroupContext::new(&config.topics.timers, "engine"))?;
+            settings.create_with_context(GroupContext::new(
+                &config.bootstrap,
+                &config.group_id,
+                &config.topics.timers,
+                "engine",
+            ))?;
         let txn = transactional_producer(&config);
         let (rebuilt_tx, rebuilt_rx) = mpsc::channel();
         let offsets_reader = Arc::new(OffsetsReader::new(&config)?);
@@ -207,11 +212,7 @@ impl Owner {
         loop {
             let generation = self.changes;
             self.apply_group_events()?;
-            self.consumer.context().rejoin.serve(
-                &self.consumer,
-                &self.config.topics.timers,
-                "engine",
-            );
+            self.consumer.context().rejoin.serve(&self.consumer);
             self.install_rebuilt();
             if self.last_catch_up_check.elapsed() >= CATCH_UP_CHECK {
                 self.check_caught_up();
@@ -233,7 +234,8 @@ impl Owner {
             // Whole milliseconds, rounded up: librdkafka takes its timeout
             // in ms, so a wait under 1 ms would be a non-blocking poll, and
             // the loop would spin (reading the clock) until `until`.
-            match self.consumer.poll(ceil_ms(until - now)) {
+            let wait = self.consumer.context().rejoin.poll_wait(until - now);
+            match self.consumer.poll(ceil_ms(wait)) {
                 None => {}
                 Some(Ok(m)) => {
                     first_record_at.get_or_insert(now);
