@@ -85,7 +85,13 @@ impl Committer {
     }
 
     /// Commits `batch` in one transaction; on failure nothing of it is visible.
+    /// The offsets are settled before the first record is sent: a failure
+    /// must not leave records in an open transaction for the next to repeat.
     pub fn commit(&mut self, batch: &CommitBatch) -> anyhow::Result<()> {
+        let mut offsets = TopicPartitionList::new();
+        for &(p, next) in &batch.offsets {
+            offsets.add_partition_offset(&self.fires_topic, p, Offset::Offset(next))?;
+        }
         for outputs in &batch.outputs {
             for out in outputs.records.iter().flat_map(|(_, r)| r) {
                 let record = OutRecord {
@@ -97,10 +103,6 @@ impl Committer {
                 };
                 self.txn.send(outputs.partition, record)?;
             }
-        }
-        let mut offsets = TopicPartitionList::new();
-        for &(p, next) in &batch.offsets {
-            offsets.add_partition_offset(&self.fires_topic, p, Offset::Offset(next))?;
         }
         self.txn.commit(&offsets, &batch.group)?;
         Ok(())

@@ -487,7 +487,7 @@ impl Dispatcher {
     }
 
     fn next_batch(&mut self) -> Option<CommitBatch> {
-        let group = Arc::new(self.consumer.group_metadata()?);
+        let group = Arc::new(chime_kafka::group::commit_metadata(&self.consumer)?);
         let mut batch = CommitBatch {
             offsets: Vec::new(),
             outputs: Vec::new(),

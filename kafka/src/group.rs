@@ -6,7 +6,9 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientContext, TopicPartitionList};
 
@@ -120,6 +122,49 @@ impl ConsumerContext for QuietEof {}
 /// sent its leave request (librdkafka clears the id as it sends it).
 pub fn has_member_id<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> bool {
     member_id(consumer).is_some()
+}
+
+/// The consumer's group metadata for a transactional offset commit, or None
+/// while it holds no membership (not joined yet, or its session expired).
+///
+/// KIP-447 fences a member that lost its partitions by the member id and
+/// generation its commit carries. But librdkafka clears both as soon as it
+/// learns its session expired, on its own thread, before `poll` reports the
+/// lost partitions; and the broker accepts a transactional offset commit with
+/// no member id and generation −1 whatever the group's state (the form of
+/// producers that predate KIP-447). A commit sent in that gap would land
+/// although another member already owns the partitions: a fire committed
+/// twice. So a commit goes out only under a membership read the same before
+/// and after the metadata is taken (a generation never comes back).
+pub fn commit_metadata<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+) -> Option<ConsumerGroupMetadata> {
+    let before = membership(consumer)?;
+    let metadata = consumer.group_metadata()?;
+    (membership(consumer)? == before).then_some(metadata)
+}
+
+/// The member id and generation the consumer holds, if it holds any.
+fn membership<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Option<(String, i32)> {
+    let rk = consumer.client().native_ptr();
+    // SAFETY: `rk` is the live handle `consumer` owns. The metadata is a
+    // copy owned here and destroyed before returning; the member id it
+    // returns points into it and is copied out first.
+    unsafe {
+        let md = rdkafka::bindings::rd_kafka_consumer_group_metadata(rk);
+        if md.is_null() {
+            return None;
+        }
+        let generation = rdkafka::bindings::rd_kafka_consumer_group_metadata_generation_id(md);
+        let id = rdkafka::bindings::rd_kafka_consumer_group_metadata_member_id(md);
+        let id = if id.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(id).to_string_lossy().into_owned()
+        };
+        rdkafka::bindings::rd_kafka_consumer_group_metadata_destroy(md);
+        (generation >= 0 && !id.is_empty()).then_some((id, generation))
+    }
 }
 
 /// The consumer's group member id, if it holds one.

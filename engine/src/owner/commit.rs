@@ -148,17 +148,22 @@ impl Owner {
         }
     }
 
-    /// Sends `batch` and commits it, all or nothing.
+    /// Sends `batch` and commits it, all or nothing. Everything that can fail
+    /// outside the transaction is settled before its first record is sent,
+    /// so a failure never leaves records in an open transaction (the next
+    /// one would carry them a second time).
     pub(super) fn send_batch(
         &mut self,
         batch: &[(i32, Vec<Output>, Option<i64>)],
     ) -> Result<(), TxnError> {
+        // No membership (its session just expired): nothing may be
+        // committed; the revocation comes with the next poll.
+        let group = chime_kafka::group::commit_metadata(&self.consumer).ok_or(
+            TxnError::Aborted(KafkaError::Global(RDKafkaErrorCode::State)),
+        )?;
         let topic = &self.config.topics.timers;
         let mut offsets = TopicPartitionList::new();
-        for (p, outputs, next) in batch {
-            for output in outputs {
-                output.send(&mut self.txn, &self.config.topics, *p)?;
-            }
+        for (p, _, next) in batch {
             let next = match next {
                 Some(next) => *next,
                 // Fires without any input applied and no committed offset:
@@ -174,12 +179,11 @@ impl Owner {
                 .add_partition_offset(topic, *p, Offset::Offset(next))
                 .map_err(TxnError::Aborted)?;
         }
-        let group = self
-            .consumer
-            .group_metadata()
-            .ok_or(TxnError::Aborted(KafkaError::Global(
-                RDKafkaErrorCode::State,
-            )))?;
+        for (p, outputs, _) in batch {
+            for output in outputs {
+                output.send(&mut self.txn, &self.config.topics, *p)?;
+            }
+        }
         self.txn.commit(&offsets, &Arc::new(group))
     }
 }
