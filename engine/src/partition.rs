@@ -104,6 +104,21 @@ impl PartitionState {
                 let (Some(id), Some(command)) = (&rec.key, &rec.value) else {
                     unreachable!("decode checked key and value");
                 };
+                // The same timer again, after its fire: a replayed record
+                // (a producer's retry under a new epoch writes a record
+                // twice, docs/kafka-notes.md), not a new timer. A timer id
+                // fires once per due time; a new due time is a new timer.
+                if matches!(self.finished.get(id),
+                    Some(Finish::Fired { fire_at_ms, .. }) if fire_at_ms == spec.fire_at_ms)
+                {
+                    tracing::debug!(
+                        partition = self.partition,
+                        offset = rec.offset,
+                        "schedule of a timer already fired at that due time: ignored"
+                    );
+                    metrics::counter!("chime_engine_replayed_schedules_total").increment(1);
+                    return;
+                }
                 // A schedule with this id gives way.
                 self.drop_schedule(id, now);
                 // Re-scheduled while its old fire waits at a dispatcher.
@@ -299,6 +314,40 @@ mod tests {
         s.apply(&schedule(0, "a", 1_500), 1_000, "t");
         s.apply(&schedule(0, "a", 1_500), 1_000, "t");
         assert_eq!(s.outputs.len(), 1);
+    }
+
+    #[test]
+    fn a_schedule_replayed_after_its_fire_does_not_fire_again() {
+        let mut s = state();
+        s.apply(&schedule(0, "a", 1_500), 1_000, "t");
+        assert_eq!(s.fire_due(1_500, 200, &mut Vec::new()), 1);
+        // The same record written a second time, read after the fire.
+        s.apply(&schedule(1, "a", 1_500), 1_600, "t");
+        assert_eq!(s.next_offset, Some(2));
+        assert!(s.wheel.is_empty(), "the replay was scheduled again");
+        assert_eq!(s.fire_due(2_000, 200, &mut Vec::new()), 0);
+        assert_eq!(kinds(&s), ["pending", "fired"]);
+        // Also when the fire is known only from the changelog (a new owner).
+        let mut s = state();
+        s.finished.record(
+            b"a",
+            Finish::Fired {
+                fire_at_ms: 1_500,
+                fired_at_ms: 1_500,
+            },
+        );
+        s.apply(&schedule(0, "a", 1_500), 1_600, "t");
+        assert!(s.wheel.is_empty());
+    }
+
+    #[test]
+    fn the_same_id_with_a_new_due_time_after_its_fire_is_a_new_timer() {
+        let mut s = state();
+        s.apply(&schedule(0, "a", 1_500), 1_000, "t");
+        s.fire_due(1_500, 200, &mut Vec::new());
+        s.apply(&schedule(1, "a", 3_000), 1_600, "t");
+        assert_eq!(s.fire_due(3_000, 200, &mut Vec::new()), 1);
+        assert_eq!(kinds(&s), ["pending", "fired", "pending", "fired"]);
     }
 
     #[test]
