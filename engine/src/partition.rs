@@ -104,17 +104,23 @@ impl PartitionState {
                 let (Some(id), Some(command)) = (&rec.key, &rec.value) else {
                     unreachable!("decode checked key and value");
                 };
-                // The same timer again, after its fire: a replayed record
-                // (a producer's retry under a new epoch writes a record
-                // twice, docs/kafka-notes.md), not a new timer. A timer id
-                // fires once per due time; a new due time is a new timer.
-                if matches!(self.finished.get(id),
-                    Some(Finish::Fired { fire_at_ms, .. }) if fire_at_ms == spec.fire_at_ms)
-                {
+                // A record written twice (a producer's resend under a new
+                // epoch, docs/kafka-notes.md) is not a new timer when its copy
+                // is read after the timer finished: a timer fires once per
+                // due time, and a schedule stamped before the cancel took
+                // effect cannot mean to bring the timer back.
+                let replay = match self.finished.get(id) {
+                    Some(Finish::Fired { fire_at_ms, .. }) => fire_at_ms == spec.fire_at_ms,
+                    Some(Finish::Cancelled { cancelled_at_ms }) => {
+                        rec.timestamp_ms.is_some_and(|t| t < cancelled_at_ms)
+                    }
+                    None => false,
+                };
+                if replay {
                     tracing::debug!(
                         partition = self.partition,
                         offset = rec.offset,
-                        "schedule of a timer already fired at that due time: ignored"
+                        "schedule of a timer already finished: a replay, ignored"
                     );
                     metrics::counter!("chime_engine_replayed_schedules_total").increment(1);
                     return;
@@ -140,12 +146,12 @@ impl PartitionState {
                 if self.wheel.cancel(&id[..]).is_none() && !self.revoke_early_fire(&id, now) {
                     return; // fired already, or never seen
                 }
-                self.finished.record(
-                    &id,
-                    Finish::Cancelled {
-                        cancelled_at_ms: now,
-                    },
-                );
+                // Cancelled when the cancel was written (its record's time,
+                // never later than now): a create stamped before it is older
+                // than the cancel, one stamped after it is new (above).
+                let cancelled_at_ms = rec.timestamp_ms.filter(|&t| t <= now).unwrap_or(now);
+                self.finished
+                    .record(&id, Finish::Cancelled { cancelled_at_ms });
                 self.outputs.push(Output::Cancelled { id });
             }
             // Schedules and outcomes: see crate::schedule.
@@ -338,6 +344,30 @@ mod tests {
         );
         s.apply(&schedule(0, "a", 1_500), 1_600, "t");
         assert!(s.wheel.is_empty());
+    }
+
+    #[test]
+    fn a_schedule_stamped_before_its_cancel_does_not_bring_the_timer_back() {
+        let stamped = |offset, at| InputRecord {
+            timestamp_ms: Some(at),
+            ..schedule(offset, "a", 5_000)
+        };
+        let mut s = state();
+        s.apply(&stamped(0, 1_000), 1_000, "t");
+        // Written at 1 100, applied at 1 200.
+        let cancel_at_1100 = InputRecord {
+            timestamp_ms: Some(1_100),
+            ..cancel(1, "a")
+        };
+        s.apply(&cancel_at_1100, 1_200, "t");
+        // The create written a second time, read after the cancel.
+        s.apply(&stamped(2, 1_000), 1_300, "t");
+        assert!(s.wheel.is_empty(), "the replay brought the timer back");
+        // Created again after the cancel was written (though before the
+        // engine applied it): a new timer.
+        s.apply(&stamped(3, 1_150), 1_400, "t");
+        assert_eq!(s.fire_due(5_000, 200, &mut Vec::new()), 1);
+        assert_eq!(kinds(&s), ["pending", "cancelled", "pending", "fired"]);
     }
 
     #[test]
