@@ -410,3 +410,77 @@ async fn a_timer_is_found_right_after_its_create() {
     assert_eq!(answer.status(), 404);
     chime.stop().await;
 }
+
+/// A record can reach `chime.timers` twice (a producer's resend after a
+/// timeout, docs/kafka-notes.md). A copy of a create read after its timer
+/// fired does not fire it again, and one read after its cancel does not
+/// bring the timer back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_written_twice_fires_once_and_stays_cancelled() {
+    let mut rx = Receiver::start().await;
+    let chime = Chime::start("replay", &mut rx).await;
+    // Three ids on one partition: their records are applied, and their
+    // fires made, in the order they are produced here.
+    let partition = 0;
+    let ids: Vec<String> = (0..)
+        .map(|i| format!("replay-{i}"))
+        .filter(|id| {
+            chime_wire::partition::partition_for_key(id.as_bytes(), common::PARTITIONS) == partition
+        })
+        .take(3)
+        .collect();
+    let (fired, cancelled, last) = (&ids[0], &ids[1], &ids[2]);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", common::bootstrap())
+        .create()
+        .unwrap();
+    let send = |id: &str, value: String, stamped: u64| {
+        let producer = producer.clone();
+        let (topic, id) = (chime.topics.timers.clone(), id.to_string());
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .partition(partition)
+                        .key(&id)
+                        .payload(&value)
+                        .timestamp(stamped as i64),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("produce");
+        }
+    };
+    let base = rx.url("");
+    let schedule = |id: &str, fire_at: u64| {
+        serde_json::json!({
+            "op": "schedule", "id": id, "fire_at_ms": fire_at,
+            "callback": {"url": format!("{base}/{id}")}
+        })
+        .to_string()
+    };
+
+    let created = now_ms();
+    let fired_create = schedule(fired, created + 200);
+    send(fired, fired_create.clone(), created).await;
+    let got = rx.expect(1, CALLBACK_WAIT).await.remove(0);
+    assert_eq!(got.path, format!("/{fired}"));
+
+    // A timer created and cancelled, then both creates again as copies
+    // (same record, same timestamp), then a last timer due a second after
+    // the cancelled one would have been.
+    let stamped = now_ms();
+    let cancelled_create = schedule(cancelled, stamped + 2_000);
+    send(cancelled, cancelled_create.clone(), stamped).await;
+    let cancel = serde_json::json!({"op": "cancel", "id": cancelled}).to_string();
+    send(cancelled, cancel, stamped + 1).await;
+    send(fired, fired_create, created).await;
+    send(cancelled, cancelled_create, stamped).await;
+    send(last, schedule(last, stamped + 3_000), now_ms()).await;
+
+    // A copy fired again would be called at once, a revived timer two
+    // seconds in: either would come before the last timer.
+    let got = rx.expect(1, CALLBACK_WAIT).await.remove(0);
+    assert_eq!(got.path, format!("/{last}"), "a copy was called");
+    chime.stop().await;
+}
