@@ -7,8 +7,7 @@
 //! member (generation −1) from anyone, whoever owns the partitions; and
 //! librdkafka hands out exactly such metadata from the moment it learns its
 //! session expired until `poll` reports the loss. An engine committing in
-//! that gap had its fires committed twice (`tests/cluster_failover.rs`,
-//! rolling restart).
+//! that gap would commit fires that another engine may already own.
 
 mod common;
 
